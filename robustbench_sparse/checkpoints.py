@@ -1,0 +1,160 @@
+"""The checkpoint cache under `models/<dataset>/`: weights named with their hash, a manifest beside.
+
+The manifest (JSON) is written last and is the commit point: a checkpoint exists when its manifest
+does, and loading checks the weights' SHA-256 and the spec's config hash before trusting them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from robustbench_sparse.data import DatasetInfo
+from robustbench_sparse.runtime import (
+    Paths,
+    UserError,
+    atomic_write_bytes,
+    atomic_write_text,
+    library_versions,
+    sha256_file,
+)
+from robustbench_sparse.zoo import ModelSpec, build_model
+
+Status = Literal["trained", "missing", "stale", "corrupt"]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: str
+    dataset: str
+    seed: int
+    config_hash: str
+    config: dict[str, Any]
+    epochs: int
+    clean_accuracy: float
+    test_size: int
+    sha256: str
+    weights_file: str
+    trained_at: str
+    train_seconds: float
+    device: str
+    versions: dict[str, str]
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:12]
+
+
+def _stem(model: str, seed: int) -> str:
+    return f"{model}-seed{seed}"
+
+
+def manifest_path(paths: Paths, dataset: str, model: str, seed: int) -> Path:
+    return paths.checkpoints(dataset) / f"{_stem(model, seed)}.json"
+
+
+def read_manifest(paths: Paths, dataset: str, model: str, seed: int) -> Manifest | None:
+    path = manifest_path(paths, dataset, model, seed)
+    if not path.exists():
+        return None
+    try:
+        return Manifest(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise UserError(f"checkpoint manifest {path} is unreadable ({err}); retrain with --force") from err
+
+
+def checkpoint_status(paths: Paths, spec: ModelSpec, dataset: str, seed: int) -> Status:
+    try:
+        manifest = read_manifest(paths, dataset, spec.name, seed)
+    except UserError:
+        return "corrupt"
+    if manifest is None:
+        return "missing"
+    if manifest.config_hash != spec.config_hash(dataset):
+        return "stale"
+    weights = paths.checkpoints(dataset) / manifest.weights_file
+    if not weights.exists():
+        return "missing"
+    if sha256_file(weights) != manifest.sha256:
+        return "corrupt"
+    return "trained"
+
+
+def save_checkpoint(
+    paths: Paths,
+    spec: ModelSpec,
+    dataset: str,
+    seed: int,
+    model: nn.Module,
+    clean_accuracy: float,
+    test_size: int,
+    train_seconds: float,
+    device: str,
+) -> Manifest:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    folder = paths.checkpoints(dataset)
+    weights_file = f"{_stem(spec.name, seed)}-{digest[:12]}.pt"
+    atomic_write_bytes(folder / weights_file, data)
+    manifest = Manifest(
+        model=spec.name,
+        dataset=dataset,
+        seed=seed,
+        config_hash=spec.config_hash(dataset),
+        config=asdict(spec),
+        epochs=spec.epochs,
+        clean_accuracy=clean_accuracy,
+        test_size=test_size,
+        sha256=digest,
+        weights_file=weights_file,
+        trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        train_seconds=round(train_seconds, 2),
+        device=device,
+        versions=library_versions(),
+    )
+    atomic_write_text(manifest_path(paths, dataset, spec.name, seed), json.dumps(asdict(manifest), indent=2) + "\n")
+    for old in folder.glob(f"{_stem(spec.name, seed)}-*.pt"):
+        if old.name != weights_file:
+            old.unlink()
+    return manifest
+
+
+def load_checkpoint(
+    paths: Paths, spec: ModelSpec, info: DatasetInfo, seed: int, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, Manifest]:
+    """The trained model in eval mode, after checking its hash and that it matches the spec."""
+    manifest = read_manifest(paths, info.name, spec.name, seed)
+    where = manifest_path(paths, info.name, spec.name, seed)
+    if manifest is None:
+        raise UserError(
+            f"no trained checkpoint for {spec.name!r} (seed {seed}) on {info.name} at {where}; "
+            f"run `rbs train --dataset {info.name}`"
+        )
+    if manifest.config_hash != spec.config_hash(info.name):
+        raise UserError(
+            f"checkpoint for {spec.name!r} on {info.name} was trained with different settings than "
+            f"models/zoo.toml now declares; run `rbs train --dataset {info.name}` to retrain it"
+        )
+    weights = paths.checkpoints(info.name) / manifest.weights_file
+    if not weights.exists():
+        raise UserError(f"checkpoint weights {weights} are missing; run `rbs train --dataset {info.name}`")
+    actual = sha256_file(weights)
+    if actual != manifest.sha256:
+        raise UserError(
+            f"checkpoint {weights} is corrupt: SHA-256 {actual[:12]}... does not match the manifest's "
+            f"{manifest.sha256[:12]}...; refusing to load it. Retrain with `rbs train --dataset {info.name} --force`"
+        )
+    model = build_model(spec, info)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), manifest

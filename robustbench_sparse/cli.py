@@ -1,0 +1,149 @@
+"""`rbs`: the command line. A thin layer: it parses, calls the library, and prints."""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import pandas as pd
+import typer
+
+from robustbench_sparse.data import DATASETS, default_data_root, load_dataset
+from robustbench_sparse.runtime import DEVICES, Paths, UserError, resolve_device
+
+app = typer.Typer(
+    help="robustbench-sparse: do sparse networks really resist noise and adversarial attacks?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DatasetName = enum.StrEnum("DatasetName", {name: name for name in DATASETS})  # type: ignore[misc]
+DeviceName = enum.StrEnum("DeviceName", {name: name for name in DEVICES})  # type: ignore[misc]
+DEFAULT_DATASET = DatasetName("mnist5k")
+AUTO = DeviceName("auto")
+
+DatasetOpt = Annotated[DatasetName, typer.Option("--dataset", "-d", help="Dataset to use.")]
+DeviceOpt = Annotated[DeviceName, typer.Option(help="Where models run; auto picks CUDA when available.")]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option(help="Folder holding models/, attacks/ and reports/ (default: $RBS_HOME, the current "
+                 "folder if it has models/zoo.toml, else the repository)."),
+]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(help="torchvision-style data folder (default: $RBS_DATA_ROOT or ~/.cache).")
+]
+DownloadOpt = Annotated[bool, typer.Option(help="Let torchvision download a missing dataset (needs internet).")]
+ModelsOpt = Annotated[str | None, typer.Option(help="Comma-separated model names (default: the whole zoo).")]
+SeedsOpt = Annotated[str, typer.Option(help="Comma-separated training seeds, e.g. 0,1,2.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(func: F) -> F:
+    """Print a UserError as one clear line and exit 2, with no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _paths(home: Path | None) -> Paths:
+    return Paths(home) if home else Paths.default()
+
+
+def parse_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("--models was given but names no model")
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated non-negative integers, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def _print_table(frame: pd.DataFrame) -> None:
+    typer.echo(frame.to_markdown(index=False))
+
+
+@app.command()
+@_user_errors
+def zoo(home: HomeOpt = None) -> None:
+    """List the zoo's variants, their key settings, and which are trained for each dataset."""
+    from robustbench_sparse.checkpoints import checkpoint_status
+    from robustbench_sparse.zoo import load_zoo
+
+    paths = _paths(home)
+    rows = []
+    for by_dataset in load_zoo(paths.zoo_spec).values():
+        first = next(iter(by_dataset.values()))
+        trained = ", ".join(
+            f"{dataset}: {checkpoint_status(paths, spec, dataset, 0)}" for dataset, spec in by_dataset.items()
+        )
+        rows.append({**first.summary(), "checkpoints (seed 0)": trained})
+    _print_table(pd.DataFrame(rows))
+    typer.echo(f"\nspec file: {paths.zoo_spec}")
+
+
+@app.command()
+@_user_errors
+def train(
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    models: ModelsOpt = None,
+    seeds: SeedsOpt = "0",
+    force: Annotated[bool, typer.Option(help="Retrain even when an up-to-date checkpoint exists.")] = False,
+    device: DeviceOpt = AUTO,
+    home: HomeOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+) -> None:
+    """Train every zoo model for a dataset once and cache it under models/ (skips up-to-date ones)."""
+    from robustbench_sparse.train import train_zoo
+    from robustbench_sparse.zoo import load_zoo, select_models
+
+    paths = _paths(home)
+    specs = select_models(load_zoo(paths.zoo_spec), dataset.value, parse_names(models))
+    seed_list = parse_seeds(seeds)
+    dev = resolve_device(device.value)
+    outcomes = train_zoo(
+        paths, specs, dataset.value,
+        lambda: load_dataset(dataset.value, data_root or default_data_root(), download),
+        seed_list, dev, force,
+    )
+    rows = [
+        {
+            "model": o.model,
+            "seed": o.seed,
+            "action": o.action,
+            "clean acc %": round(100 * o.manifest.clean_accuracy, 2),
+            "train s": o.manifest.train_seconds,
+            "sha256": o.manifest.short_hash,
+        }
+        for o in outcomes
+    ]
+    _print_table(pd.DataFrame(rows))
+    if all(o.action == "cached" for o in outcomes):
+        typer.echo("\nnothing to train: every checkpoint is up to date (use --force to retrain)")
+    typer.echo(f"\ncheckpoints: {paths.checkpoints(dataset.value)}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,176 @@
+"""Where things run and how they are made repeatable: device choice, seeds, versions, paths."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import os
+import platform
+import random
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class UserError(Exception):
+    """A mistake in the user's input: the CLI prints it without a traceback."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when it is available, else the CPU."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; valid: {', '.join(DEVICES)} (or cuda:N)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private, seeded generator: random draws never depend on what ran before."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed derived from a key, stable across runs and machines."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+_PACKAGES = ("robustbench-sparse", "torch", "torchvision", "torchattacks", "foolbox", "numpy", "pandas")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The suite's folders. `home` holds models/, attacks/ and reports/ (the repository by default)."""
+
+    home: Path
+
+    @classmethod
+    def default(cls) -> Paths:
+        env = os.environ.get("RBS_HOME")
+        if env:
+            return cls(Path(env))
+        cwd = Path.cwd()
+        if (cwd / "models" / "zoo.toml").exists():
+            return cls(cwd)
+        return cls(REPO_ROOT)
+
+    @property
+    def zoo_spec(self) -> Path:
+        return self.home / "models" / "zoo.toml"
+
+    def checkpoints(self, dataset: str) -> Path:
+        return self.home / "models" / dataset
+
+    @property
+    def suites(self) -> Path:
+        return self.home / "attacks"
+
+    def reports(self, dataset: str) -> Path:
+        return self.home / "reports" / dataset
+
+    @property
+    def cache(self) -> Path:
+        return self.home / ".rbs-cache"
+
+
+_TV_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor",
+)
+
+
+def import_torchvision() -> Any:
+    """Import torchvision even where its native extension does not match the installed torch.
+
+    The only torchvision 0.28 wheel is a CUDA build; against the CPU torch its `_C` fails to load
+    and the import dies on a missing `torchvision::nms` schema. Datasets and transforms need no
+    native op, so declaring the two schemas first lets them work.
+    """
+    try:
+        import torchvision
+    except RuntimeError as err:
+        if "torchvision::nms" not in str(err):
+            raise
+        for mod in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[mod]
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for schema in _TV_SCHEMAS:
+            with contextlib.suppress(RuntimeError):
+                lib.define(schema)
+        _KEEP.append(lib)
+        import torchvision
+    return torchvision
+
+
+_KEEP: list[Any] = []  # the Library object must outlive the import
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Switch every module to eval and restore each one's own mode afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def progress_enabled() -> bool | None:
+    """tqdm's `disable`: None hides bars when stderr is not a terminal (CI logs)."""
+    return True if os.environ.get("RBS_NO_PROGRESS") else None
+

@@ -1,0 +1,116 @@
+"""Training the zoo once: the paper's recipe, cached checkpoints, nothing retrained needlessly."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustbench_sparse.checkpoints import (
+    Manifest,
+    checkpoint_status,
+    read_manifest,
+    save_checkpoint,
+)
+from robustbench_sparse.data import Dataset
+from robustbench_sparse.runtime import (
+    Paths,
+    eval_mode,
+    generator,
+    progress_enabled,
+    seed_everything,
+)
+from robustbench_sparse.sparse import rezero_weights, update_boost_strength
+from robustbench_sparse.zoo import ModelSpec, build_model
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted labels (on the CPU) for pixel inputs, in eval mode."""
+    with eval_mode(model):
+        preds = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def clean_accuracy(model: nn.Module, data: Dataset, device: torch.device) -> float:
+    return (predict(model, data.test_x, device) == data.test_y).float().mean().item()
+
+
+def train_model(spec: ModelSpec, data: Dataset, seed: int, device: torch.device) -> nn.Module:
+    """SGD with the learning rate x lr_gamma after each epoch; the first epoch may use a smaller
+    batch (lets k-winner duty cycles settle); sparse weights re-zeroed after every step; boost
+    strength decayed after every epoch. Same seed, same weights (on one device type)."""
+    seed_everything(seed)
+    model = build_model(spec, data.info).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=spec.lr_gamma)
+    shuffle = generator(seed)
+    n = len(data.train_x)
+    model.train()
+    for epoch in tqdm(range(spec.epochs), desc=f"{spec.name} epochs", leave=False, disable=progress_enabled()):
+        batch = spec.first_epoch_batch_size if epoch == 0 else spec.batch_size
+        order = torch.randperm(n, generator=shuffle)
+        bar = tqdm(range(0, n, batch), desc=f"epoch {epoch + 1}", leave=False, disable=progress_enabled())
+        for start in bar:
+            idx = order[start : start + batch]
+            x, y = data.train_x[idx].to(device), data.train_y[idx].to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            rezero_weights(model)
+        schedule.step()
+        update_boost_strength(model)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    model: str
+    seed: int
+    action: str  # "trained", "retrained (settings changed)", "cached", ...
+    manifest: Manifest
+
+
+def train_zoo(
+    paths: Paths,
+    specs: list[ModelSpec],
+    dataset: str,
+    load_data: Callable[[], Dataset],
+    seeds: list[int],
+    device: torch.device,
+    force: bool = False,
+) -> list[TrainOutcome]:
+    """Train every (spec, seed) that has no up-to-date checkpoint (all of them with `force`).
+
+    `load_data` is called at most once, and only if something needs training."""
+    data = functools.cache(load_data)
+    outcomes = []
+    jobs = [(spec, seed) for seed in seeds for spec in specs]
+    for spec, seed in tqdm(jobs, desc="models", disable=progress_enabled()):
+        status = checkpoint_status(paths, spec, dataset, seed)
+        if status == "trained" and not force:
+            manifest = read_manifest(paths, dataset, spec.name, seed)
+            assert manifest is not None
+            outcomes.append(TrainOutcome(spec.name, seed, "cached", manifest))
+            continue
+        started = time.perf_counter()
+        model = train_model(spec, data(), seed, device)
+        seconds = time.perf_counter() - started
+        manifest = save_checkpoint(
+            paths, spec, dataset, seed, model, clean_accuracy(model, data(), device),
+            len(data().test_x), seconds, str(device),
+        )
+        action = {
+            "trained": "retrained (--force)",
+            "stale": "retrained (settings changed)",
+            "corrupt": "retrained (checkpoint corrupt)",
+        }.get(status, "trained")
+        outcomes.append(TrainOutcome(spec.name, seed, action, manifest))
+    return outcomes

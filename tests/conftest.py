@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny zoo in a temporary home, and a small slice of the embedded MNIST."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from robustbench_sparse.data import Dataset, load_dataset
+from robustbench_sparse.runtime import REPO_ROOT, Paths
+
+os.environ.setdefault("RBS_NO_PROGRESS", "1")
+
+
+# Small, fast versions of the five regularisers (same structure as the real zoo).
+TINY_ZOO = """
+[defaults]
+channels = [4, 8]
+conv_percent_on = [1.0, 1.0]
+hidden = 32
+epochs = 3
+lr = 0.03
+batch_size = 32
+first_epoch_batch_size = 32
+
+[models.dense]
+[models.dropout]
+base = "dense"
+dropout = 0.5
+[models.batchnorm]
+base = "dense"
+batchnorm = true
+[models.kwinner-boost]
+conv_percent_on = [0.2, 0.4]
+hidden_percent_on = 0.25
+weight_density = 0.3
+boost_strength = 1.5
+boost_strength_factor = 0.85
+lr = 0.1
+momentum = 0.0
+first_epoch_batch_size = 8
+[models.kwinner]
+base = "kwinner-boost"
+boost_strength = 0.0
+boost_strength_factor = 1.0
+"""
+
+
+@pytest.fixture()
+def tiny_home(tmp_path: Path) -> Paths:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "zoo.toml").write_text(TINY_ZOO)
+    shutil.copytree(REPO_ROOT / "attacks", tmp_path / "attacks")
+    return Paths(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def mnist5k() -> Dataset:
+    return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist5k: Dataset) -> Dataset:
+    """1,000 training and 200 test digits: enough for a tiny model to learn something."""
+    return dataclasses.replace(
+        mnist5k,
+        train_x=mnist5k.train_x[:1000],
+        train_y=mnist5k.train_y[:1000],
+        test_x=mnist5k.test_x[:200],
+        test_y=mnist5k.test_y[:200],
+    )
