@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import pandas as pd
 import typer
 
+from robustbench_sparse.attacks import BACKENDS
 from robustbench_sparse.data import DATASETS, default_data_root, load_dataset
 from robustbench_sparse.runtime import DEVICES, Paths, UserError, resolve_device
 
@@ -39,6 +40,12 @@ DataRootOpt = Annotated[
 DownloadOpt = Annotated[bool, typer.Option(help="Let torchvision download a missing dataset (needs internet).")]
 ModelsOpt = Annotated[str | None, typer.Option(help="Comma-separated model names (default: the whole zoo).")]
 SeedsOpt = Annotated[str, typer.Option(help="Comma-separated training seeds, e.g. 0,1,2.")]
+SuiteOpt = Annotated[str, typer.Option("--suite", "-s", help="Suite name under attacks/ or a .toml path.")]
+BackendName = enum.StrEnum("BackendName", {name: name for name in BACKENDS})  # type: ignore[misc]
+BackendOpt = Annotated[
+    BackendName | None,
+    typer.Option(help="Attack library for FGSM/I-FGSM/PGD (default: as the suite says, torchattacks)."),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,6 +62,17 @@ def _user_errors(func: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _resumable(store: Path) -> Callable[[], None]:
+    def on_interrupt() -> None:
+        typer.secho(
+            f"\ninterrupted: every finished cell is kept in {store}; run the same command to resume",
+            fg=typer.colors.YELLOW, err=True,
+        )
+        raise typer.Exit(130)
+
+    return on_interrupt
 
 
 def _paths(home: Path | None) -> Paths:
@@ -143,6 +161,63 @@ def train(
     if all(o.action == "cached" for o in outcomes):
         typer.echo("\nnothing to train: every checkpoint is up to date (use --force to retrain)")
     typer.echo(f"\ncheckpoints: {paths.checkpoints(dataset.value)}")
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    suite: SuiteOpt = "standard",
+    models: ModelsOpt = None,
+    seeds: SeedsOpt = "0",
+    backend: BackendOpt = None,
+    device: DeviceOpt = AUTO,
+    home: HomeOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+) -> None:
+    """Run an evaluation suite against the trained zoo; resumes, and reuses finished cells."""
+    from robustbench_sparse import harness
+    from robustbench_sparse.diagnostics import flags_frame, ordering_flags
+    from robustbench_sparse.tables import summary
+
+    the_plan = harness.plan(
+        dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value,
+        backend.value if backend else None, home, data_root, download,
+    )
+    store = harness.store_path(the_plan.paths, dataset.value)
+    try:
+        frame = harness.run(the_plan)
+    except KeyboardInterrupt:
+        _resumable(store)()
+    csv_path, json_path = harness.export(frame, the_plan, the_plan.suite.name)
+    typer.echo(f"\nsuite {the_plan.suite.name!r} on {dataset.value}, {the_plan.n} test images "
+               f"(accuracy % at each evaluation's strongest setting)\n")
+    _print_table(summary(frame))
+    flags = ordering_flags(frame)
+    if flags:
+        typer.secho("\npossible gradient masking (the attack, not the model, may be weak):",
+                    fg=typer.colors.YELLOW)
+        _print_table(flags_frame(flags))
+    typer.echo(f"\nrecords: {csv_path}, {json_path}")
+
+
+@app.command()
+@_user_errors
+def evaluations() -> None:
+    """List the evaluation kinds a suite can use, with their parameters and valid ranges."""
+    from robustbench_sparse.evaluations import KINDS
+
+    rows = [
+        {
+            "kind": k.name,
+            "what": k.description,
+            "swept": k.strength or "-",
+            "parameters (default; valid)": "; ".join(f"{n}={p.default!r} ({p.valid})" for n, p in k.params.items()),
+        }
+        for k in KINDS.values()
+    ]
+    _print_table(pd.DataFrame(rows))
 
 
 def main() -> None:  # pragma: no cover - console entry point

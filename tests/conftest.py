@@ -8,9 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from robustbench_sparse.data import Dataset, load_dataset
 from robustbench_sparse.runtime import REPO_ROOT, Paths
+from robustbench_sparse.train import train_zoo
+from robustbench_sparse.zoo import load_zoo, select_models
 
 os.environ.setdefault("RBS_NO_PROGRESS", "1")
 
@@ -49,12 +52,25 @@ boost_strength_factor = 1.0
 """
 
 
+def make_home(folder: Path) -> Paths:
+    (folder / "models").mkdir()
+    (folder / "models" / "zoo.toml").write_text(TINY_ZOO)
+    shutil.copytree(REPO_ROOT / "attacks", folder / "attacks")
+    return Paths(folder)
+
+
 @pytest.fixture()
 def tiny_home(tmp_path: Path) -> Paths:
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "zoo.toml").write_text(TINY_ZOO)
-    shutil.copytree(REPO_ROOT / "attacks", tmp_path / "attacks")
-    return Paths(tmp_path)
+    return make_home(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory: pytest.TempPathFactory, small_mnist: Dataset) -> Paths:
+    """The tiny zoo trained once per test session (seed 0). Tests must not retrain it."""
+    paths = make_home(tmp_path_factory.mktemp("trained"))
+    specs = select_models(load_zoo(paths.zoo_spec), "mnist5k")
+    train_zoo(paths, specs, "mnist5k", lambda: small_mnist, [0], torch.device("cpu"))
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,201 @@
+"""The evaluation kinds: their parameters, valid ranges, canonical spec strings, and how each runs.
+
+A spec string such as `pgd(alpha=0.01,backend=torchattacks,eps=0.3,random_start=true,steps=40)`
+names one evaluation at one strength completely (every default filled in, keys sorted), so it is
+a stable key for results and caches.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_sparse import attacks, noise
+from robustbench_sparse.data import DatasetInfo
+from robustbench_sparse.runtime import UserError
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    check: Callable[[Any, DatasetInfo], bool]
+    valid: str  # the valid range, for error messages
+
+
+def _number(lo: float, hi: float | None = None) -> Callable[[Any, DatasetInfo], bool]:
+    return lambda v, _: isinstance(v, int | float) and not isinstance(v, bool) and lo <= v and (hi is None or v <= hi)
+
+
+def _int(lo: int) -> Callable[[Any, DatasetInfo], bool]:
+    return lambda v, _: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _choice(*options: Any) -> Callable[[Any, DatasetInfo], bool]:
+    return lambda v, _: v in options
+
+
+EPS = Param(0.0, _number(0, 1), "0 <= eps <= 1 (L-inf, pixel space)")
+STEPS = Param(10, _int(1), "an integer >= 1")
+ALPHA = Param("auto", lambda v, _: v == "auto" or _number(1e-9)(v, _), '"auto" (2.5 eps / steps) or > 0')
+BACKEND = Param("torchattacks", _choice(*attacks.BACKENDS), " or ".join(attacks.BACKENDS))
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    description: str
+    strength: str | None  # the parameter a suite sweeps
+    params: dict[str, Param] = field(default_factory=dict)
+
+    @property
+    def adversarial(self) -> bool:
+        return self.name in attacks.ATTACKS
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in [
+        Kind("clean", "no perturbation", None),
+        Kind("gaussian", "x + sigma N(0,1), clipped", "sigma", {"sigma": Param(0.0, _number(0), "sigma >= 0")}),
+        Kind("blend", "(1 - eta) x + eta U(0,1)", "eta", {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")}),
+        Kind(
+            "pixel",
+            "floor(eta * pixels) pixels set to mean + 2 std (the paper's protocol)",
+            "eta",
+            {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")},
+        ),
+        Kind(
+            "occlusion",
+            "a size x size patch at a random position",
+            "size",
+            {
+                "size": Param(
+                    0,
+                    lambda v, info: isinstance(v, int) and 0 <= v <= min(info.shape[1:]),
+                    "an integer patch side from 0 to the image side",
+                ),
+                "fill": Param("zero", _choice("zero", "noise"), "zero or noise"),
+            },
+        ),
+        Kind("fgsm", "one signed-gradient step of size eps", "eps", {"eps": EPS, "backend": BACKEND}),
+        Kind(
+            "ifgsm", "iterative FGSM (BIM)", "eps", {"eps": EPS, "steps": STEPS, "alpha": ALPHA, "backend": BACKEND}
+        ),
+        Kind(
+            "mifgsm",
+            "momentum iterative FGSM",
+            "eps",
+            {
+                "eps": EPS, "steps": STEPS, "alpha": ALPHA,
+                "decay": Param(1.0, _number(0), "decay >= 0"),
+                "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no MI-FGSM)"),
+            },
+        ),
+        Kind(
+            "pgd",
+            "projected gradient descent with a random start",
+            "eps",
+            {
+                "eps": EPS, "steps": Param(40, _int(1), "an integer >= 1"), "alpha": ALPHA,
+                "random_start": Param(True, _choice(True, False), "true or false"),
+                "backend": BACKEND,
+            },
+        ),
+    ]
+}
+
+
+def kind_of(name: str) -> Kind:
+    if name not in KINDS:
+        raise UserError(f"unknown evaluation {name!r}; valid: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def resolve(kind_name: str, given: dict[str, Any], info: DatasetInfo, where: str = "") -> dict[str, Any]:
+    """Every parameter of the kind, defaults filled in; unknown names and bad values refused."""
+    kind = kind_of(kind_name)
+    prefix = f"{where}{kind_name}: " if where else f"{kind_name}: "
+    unknown = set(given) - set(kind.params)
+    if unknown:
+        raise UserError(
+            f"{prefix}unknown parameter(s) {', '.join(sorted(unknown))}; valid: {', '.join(kind.params) or 'none'}"
+        )
+    params = {name: given.get(name, p.default) for name, p in kind.params.items()}
+    for name, p in kind.params.items():
+        if not p.check(params[name], info):
+            raise UserError(f"{prefix}{name}={params[name]!r} is out of range; valid: {p.valid}")
+    if isinstance(params.get("eps"), int):
+        params["eps"] = float(params["eps"])
+    return params
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def spec_string(kind: str, params: dict[str, Any]) -> str:
+    return f"{kind}({','.join(f'{k}={_fmt(v)}' for k, v in sorted(params.items()))})"
+
+
+_SPEC = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$")
+
+
+def _value(text: str) -> Any:
+    text = text.strip()
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """`pgd(eps=0.3, steps=40)` -> ("pgd", {"eps": 0.3, "steps": 40})."""
+    match = _SPEC.match(text)
+    if not match:
+        raise UserError(f"cannot read evaluation spec {text!r}; expected e.g. pgd(eps=0.3,steps=40)")
+    name, args = match.group(1), match.group(2) or ""
+    params = {}
+    for part in filter(None, (p.strip() for p in args.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise UserError(f"in {text!r}: {part!r} is not key=value")
+        params[key.strip()] = _value(value)
+    return name, params
+
+
+def perturb(
+    kind_name: str,
+    params: dict[str, Any],
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    info: DatasetInfo,
+    g: torch.Generator,
+    attack_seed: int,
+) -> torch.Tensor:
+    """The perturbed batch for one evaluation (model in eval mode)."""
+    if kind_name in attacks.ATTACKS:
+        return attacks.craft(model, kind_name, params, x, y, attack_seed)
+    with torch.inference_mode():
+        if kind_name == "clean":
+            return x
+        if kind_name == "gaussian":
+            return noise.gaussian_noise(x, params["sigma"], g)
+        if kind_name == "blend":
+            return noise.blend_noise(x, params["eta"], g)
+        if kind_name == "pixel":
+            value = (torch.tensor(info.mean) + 2 * torch.tensor(info.std)).clamp(max=1.0)
+            return noise.pixel_noise(x, params["eta"], value, g)
+        if kind_name == "occlusion":
+            return noise.occlusion(x, params["size"], g, params["fill"])
+    raise UserError(f"unknown evaluation {kind_name!r}; valid: {', '.join(KINDS)}")

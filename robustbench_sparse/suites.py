@@ -1,0 +1,149 @@
+"""Evaluation suites: TOML files under `attacks/` declaring evaluations and their strength sweeps.
+
+    description = "..."
+    test_size = 200          # the first N images of the fixed test split (omit: all of them)
+    seed = 0                 # seeds every random draw of the evaluation
+    batch_size = 500
+
+    [[evaluations]]
+    kind = "pgd"             # see `rbs evaluations`
+    name = "pgd"             # optional, defaults to the kind; must be unique in the suite
+    eps = [0.0, 0.1, 0.3]    # the kind's strength parameter, as a list: the sweep
+    steps = 40               # any other parameter of the kind
+
+Everything is checked against the dataset before any work starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robustbench_sparse.data import DatasetInfo
+from robustbench_sparse.evaluations import kind_of, resolve, spec_string
+from robustbench_sparse.runtime import Paths, UserError
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One named evaluation of a suite: a kind, its fixed parameters, and the strengths to sweep."""
+
+    name: str
+    kind: str
+    params: tuple[tuple[str, Any], ...]  # resolved at strength 0; the strength is set per cell
+    strengths: tuple[float, ...]
+
+    @property
+    def param(self) -> str:
+        return kind_of(self.kind).strength or ""
+
+    def params_at(self, strength: float) -> dict[str, Any]:
+        params = dict(self.params)
+        if self.param:
+            params[self.param] = strength
+        return params
+
+    def spec(self, strength: float) -> str:
+        return spec_string(self.kind, self.params_at(strength))
+
+
+CLEAN = Evaluation("clean", "clean", (), (0.0,))
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    test_size: int | None
+    seed: int
+    batch_size: int
+    evaluations: tuple[Evaluation, ...]
+    source: str
+
+    def evaluation(self, name: str) -> Evaluation:
+        for e in self.evaluations:
+            if e.name == name:
+                return e
+        raise UserError(f"suite {self.name!r} has no evaluation {name!r}; it has {', '.join(self.names)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.evaluations]
+
+
+def available_suites(paths: Paths) -> list[str]:
+    return sorted(p.stem for p in paths.suites.glob("*.toml"))
+
+
+def suite_path(paths: Paths, name: str) -> Path:
+    candidate = Path(name)
+    if candidate.suffix == ".toml" and candidate.exists():
+        return candidate
+    path = paths.suites / f"{name}.toml"
+    if not path.exists():
+        raise UserError(
+            f"unknown suite {name!r}; valid: {', '.join(available_suites(paths)) or '(none found)'} "
+            f"(files in {paths.suites}), or a path to a .toml suite file"
+        )
+    return path
+
+
+_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "evaluations"}
+
+
+def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Suite:
+    where = f"suite {name!r}" + (f" ({source})" if source else "")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{where}: not valid TOML: {err}") from err
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown keys {sorted(unknown)}; valid: {', '.join(sorted(_TOP_KEYS))}")
+    test_size = doc.get("test_size")
+    if test_size is not None and (not isinstance(test_size, int) or test_size < 1):
+        raise UserError(f"{where}: test_size must be an integer >= 1 (or omitted for the whole test set)")
+    seed, batch_size = doc.get("seed", 0), doc.get("batch_size", 500)
+    if not isinstance(seed, int) or seed < 0:
+        raise UserError(f"{where}: seed must be an integer >= 0")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"{where}: batch_size must be an integer >= 1")
+    entries = doc.get("evaluations", [])
+    if not entries:
+        raise UserError(f"{where}: declares no [[evaluations]]")
+    evaluations = [CLEAN]
+    for i, raw in enumerate(entries, 1):
+        evaluations.append(_evaluation(dict(raw), info, f"{where}, evaluation {i}: "))
+    names = [e.name for e in evaluations]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(f"{where}: evaluation names must be unique; repeated: {', '.join(duplicates)} "
+                        "(give each a distinct `name`)")
+    return Suite(name, doc.get("description", ""), test_size, seed, batch_size, tuple(evaluations), source)
+
+
+def _evaluation(raw: dict[str, Any], info: DatasetInfo, where: str) -> Evaluation:
+    if "kind" not in raw:
+        raise UserError(f"{where}missing `kind`")
+    kind = kind_of(raw.pop("kind"))
+    name = str(raw.pop("name", kind.name))
+    if kind.strength is None:
+        return Evaluation(name, kind.name, tuple(sorted(resolve(kind.name, raw, info, where).items())), (0.0,))
+    sweep = raw.pop(kind.strength, None)
+    if sweep is None:
+        raise UserError(f"{where}{kind.name} needs `{kind.strength}` = a list of strengths to sweep")
+    sweep = sweep if isinstance(sweep, list) else [sweep]
+    if not sweep:
+        raise UserError(f"{where}`{kind.strength}` is an empty sweep")
+    for strength in sweep:  # every strength checked now, before any work
+        resolve(kind.name, {**raw, kind.strength: strength}, info, where)
+    fixed = resolve(kind.name, raw, info, where)
+    fixed.pop(kind.strength)
+    return Evaluation(name, kind.name, tuple(sorted(fixed.items())), tuple(sweep))
+
+
+def load_suite(paths: Paths, name: str, info: DatasetInfo) -> Suite:
+    path = suite_path(paths, name)
+    return parse_suite(path.read_text(), path.stem, info, str(path))
