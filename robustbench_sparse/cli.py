@@ -190,7 +190,7 @@ def evaluate(
         frame = harness.run(the_plan)
     except KeyboardInterrupt:
         _resumable(store)()
-    csv_path, json_path = harness.export(frame, the_plan, the_plan.suite.name)
+    csv_path, json_path = harness.export(frame, the_plan, "records")
     typer.echo(f"\nsuite {the_plan.suite.name!r} on {dataset.value}, {the_plan.n} test images "
                f"(accuracy % at each evaluation's strongest setting)\n")
     _print_table(summary(frame))
@@ -200,6 +200,118 @@ def evaluate(
                     fg=typer.colors.YELLOW)
         _print_table(flags_frame(flags))
     typer.echo(f"\nrecords: {csv_path}, {json_path}")
+
+
+@app.command()
+@_user_errors
+def transfer(
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    suite: SuiteOpt = "standard",
+    models: ModelsOpt = None,
+    seeds: SeedsOpt = "0",
+    backend: BackendOpt = None,
+    device: DeviceOpt = AUTO,
+    home: HomeOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+) -> None:
+    """Craft each attack once per source model and evaluate it on every model (N x N matrices)."""
+    from robustbench_sparse import harness
+    from robustbench_sparse.transfer import run_transfer, transfer_matrix
+
+    the_plan = harness.plan(
+        dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value,
+        backend.value if backend else None, home, data_root, download,
+    )
+    try:
+        frame = run_transfer(the_plan)
+    except KeyboardInterrupt:
+        _resumable(harness.store_path(the_plan.paths, dataset.value))()
+    csv_path, json_path = harness.export(frame, the_plan, "transfer")
+    for evaluation, strength in the_plan.suite.transfer_cells():
+        typer.echo(f"\n{evaluation.name} at eps={strength:g}: accuracy % of each target (columns) "
+                   "on examples crafted on each source (rows)\n")
+        typer.echo(transfer_matrix(frame, evaluation.name, strength).round(1).to_markdown())
+    typer.echo(f"\nrecords: {csv_path}, {json_path}")
+
+
+@app.command()
+@_user_errors
+def report(
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    suite: SuiteOpt = "standard",
+    models: ModelsOpt = None,
+    seeds: SeedsOpt = "0",
+    home: HomeOpt = None,
+    data_root: DataRootOpt = None,
+) -> None:
+    """Build tables, plots, Markdown and HTML from stored results (re-runs nothing)."""
+    from robustbench_sparse import harness
+    from robustbench_sparse.report import build_report
+
+    the_plan = harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), "cpu",
+                            None, home, data_root, False)
+    result = build_report(the_plan)
+    if result.missing:
+        typer.secho(f"{result.missing} declared cells have no stored result; run `rbs evaluate` and "
+                    f"`rbs transfer` for suite {suite!r} to fill them", fg=typer.colors.YELLOW)
+    typer.echo(f"report: {result.markdown}\n        {result.html}\nfigures: {len(result.figures)} files in "
+               f"{result.folder / 'figures'}")
+
+
+@app.command()
+@_user_errors
+def benchmark(
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    suite: SuiteOpt = "standard",
+    models: ModelsOpt = None,
+    seeds: SeedsOpt = "0",
+    device: DeviceOpt = AUTO,
+    home: HomeOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+) -> None:
+    """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything."""
+    from robustbench_sparse import harness
+    from robustbench_sparse.report import build_report
+    from robustbench_sparse.tables import summary
+    from robustbench_sparse.train import train_zoo
+    from robustbench_sparse.transfer import run_transfer
+    from robustbench_sparse.zoo import load_zoo, select_models
+
+    paths = _paths(home)
+    names, seed_list = parse_names(models), parse_seeds(seeds)
+    specs = select_models(load_zoo(paths.zoo_spec), dataset.value, names)
+    dev = resolve_device(device.value)
+    # Check the suite before the first model is trained: bad input costs nothing.
+    from robustbench_sparse.data import dataset_info
+    from robustbench_sparse.suites import load_suite
+
+    load_suite(paths, suite, dataset_info(dataset.value))
+    typer.echo("1/4 train")
+    outcomes = train_zoo(paths, specs, dataset.value,
+                         lambda: load_dataset(dataset.value, data_root or default_data_root(), download),
+                         seed_list, dev)
+    trained = [o for o in outcomes if o.action != "cached"]
+    typer.echo(f"    trained {len(trained)}, cached {len(outcomes) - len(trained)}")
+    the_plan = harness.plan(dataset.value, suite, names, seed_list, device.value, None, paths.home, data_root, download)
+    store = harness.store_path(paths, dataset.value)
+    try:
+        typer.echo("2/4 evaluate")
+        frame = harness.run(the_plan)
+        harness.export(frame, the_plan, "records")
+        if the_plan.suite.transfer_cells():
+            typer.echo("3/4 transfer")
+            harness.export(run_transfer(the_plan), the_plan, "transfer")
+        else:
+            typer.echo("3/4 transfer: the suite declares none")
+    except KeyboardInterrupt:
+        _resumable(store)()
+    typer.echo("4/4 report")
+    result = build_report(the_plan)
+    typer.echo("")
+    _print_table(summary(frame))
+    typer.echo(f"\nreport: {result.markdown}\n        {result.html}")
 
 
 @app.command()

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import io
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ from tqdm.auto import tqdm
 
 from robustbench_sparse.checkpoints import checkpoint_status, load_checkpoint, read_manifest
 from robustbench_sparse.data import Dataset, DatasetInfo, default_data_root, load_dataset
-from robustbench_sparse.evaluations import perturb
+from robustbench_sparse.evaluations import kind_of, perturb
 from robustbench_sparse.runtime import (
     Paths,
     UserError,
+    atomic_write_bytes,
     eval_mode,
     generator,
     library_versions,
@@ -60,6 +63,7 @@ class Cell:
     eval_seed: int
     batch_size: int
     source: str = ""  # the model the perturbation was crafted on, when it is not `model`
+    source_checkpoint: str = ""  # its checkpoint hash (or an ensemble's combined hash)
 
     @property
     def spec(self) -> str:
@@ -67,7 +71,9 @@ class Cell:
 
     @property
     def key(self) -> str:
-        src = f"|from={self.source}" if self.source and self.source != self.model else ""
+        src = ""
+        if self.source and self.source != self.model:
+            src = f"|from={self.source}@{self.source_checkpoint[:16]}"
         return (
             f"{self.dataset}|{self.model}|seed={self.seed}|ckpt={self.checkpoint[:16]}|{self.spec}"
             f"|n={self.n}|evalseed={self.eval_seed}|bs={self.batch_size}{src}"
@@ -122,6 +128,26 @@ def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> Iterator[tuple[int,
         yield i, x[start : start + size], y[start : start + size]
 
 
+def _perturbed(
+    model: nn.Module,
+    evaluation: Evaluation,
+    strength: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    info: DatasetInfo,
+    device: torch.device,
+    eval_seed: int,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(perturbed batch, labels) on `device`; every draw seeded from the cell's spec and batch."""
+    params = evaluation.params_at(strength)
+    spec = evaluation.spec(strength)
+    noise = generator(stable_seed(eval_seed, spec))  # CPU: the same draws on every device
+    for i, xb, yb in _batches(x, y, batch_size):
+        xb, yb = xb.to(device), yb.to(device)
+        yield perturb(evaluation.kind, params, model, xb, yb, info, noise, stable_seed(eval_seed, spec, i)), yb
+
+
 def correct_flags(
     model: nn.Module,
     evaluation: Evaluation,
@@ -132,21 +158,67 @@ def correct_flags(
     device: torch.device,
     eval_seed: int,
     batch_size: int,
-    crafted_on: nn.Module | None = None,
 ) -> torch.Tensor:
-    """Per-sample correctness of `model` on the perturbed inputs (perturbations crafted on
-    `crafted_on` when given: a transfer attack). Both models must be in eval mode."""
-    params = evaluation.params_at(strength)
-    spec = evaluation.spec(strength)
-    noise = generator(stable_seed(eval_seed, spec))  # CPU: the same draws on every device
+    """Per-sample correctness of `model` (in eval mode) under one evaluation at one strength."""
     flags = []
-    for i, xb, yb in _batches(x, y, batch_size):
-        xb, yb = xb.to(device), yb.to(device)
-        attacked = crafted_on if crafted_on is not None else model
-        xp = perturb(evaluation.kind, params, attacked, xb, yb, info, noise, stable_seed(eval_seed, spec, i))
+    for xp, yb in _perturbed(model, evaluation, strength, x, y, info, device, eval_seed, batch_size):
         with torch.inference_mode():
             flags.append((model(xp).argmax(1) == yb).cpu())
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
+def craft_set(
+    model: nn.Module,
+    evaluation: Evaluation,
+    strength: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    info: DatasetInfo,
+    device: torch.device,
+    eval_seed: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """The whole perturbed test set (on the CPU), batch for batch what `correct_flags` evaluates."""
+    parts = [xp.cpu() for xp, _ in _perturbed(model, evaluation, strength, x, y, info, device, eval_seed, batch_size)]
+    return torch.cat(parts) if parts else x[:0].clone()
+
+
+def flags_on(model: nn.Module, inputs: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+    """Per-sample correctness of `model` on fixed inputs (e.g. a cached adversarial set)."""
+    flags = []
+    with torch.inference_mode():
+        for _, xb, yb in _batches(inputs, y, batch_size):
+            flags.append(model(xb.to(device)).argmax(1).cpu() == yb)
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
+class AdversarialCache:
+    """Adversarial test sets on disk, keyed by the source's checkpoint hash and the cell's spec,
+    so each set is crafted once and reused by white-box and transfer evaluations alike."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, source_checkpoint: str, cell: Cell) -> Path:
+        what = f"{cell.spec}|n={cell.n}|evalseed={cell.eval_seed}|bs={cell.batch_size}"
+        return self.folder / source_checkpoint[:16] / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.pt"
+
+    def get(self, source_checkpoint: str, cell: Cell, craft: Callable[[], torch.Tensor]) -> torch.Tensor:
+        path = self.path(source_checkpoint, cell)
+        if path.exists():
+            try:
+                return torch.load(path, weights_only=True)
+            except (RuntimeError, EOFError, OSError):
+                path.unlink()  # a damaged cache file is rebuilt, never trusted
+        adv = craft()
+        buffer = io.BytesIO()
+        torch.save(adv, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+        return adv
+
+
+def adversarial_cache(paths: Paths, dataset: str) -> AdversarialCache:
+    return AdversarialCache(paths.cache / "adversarial" / dataset)
 
 
 def make_record(cell: Cell, flags: torch.Tensor, seconds: float, device: torch.device) -> dict[str, Any]:
@@ -267,6 +339,7 @@ def plan(
 def run(plan: Plan, store: ResultStore | None = None) -> pd.DataFrame:
     """Run every cell of the plan not already in the store; return the plan's records."""
     store = store or ResultStore(store_path(plan.paths, plan.data.info.name))
+    cache = adversarial_cache(plan.paths, plan.data.info.name)
     cells = plan.cells()
     todo = [c for c in cells if c.key not in store]
     x, y = plan.test_set()
@@ -278,10 +351,13 @@ def run(plan: Plan, store: ResultStore | None = None) -> pd.DataFrame:
             for cell in group:
                 bar.set_postfix_str(f"{model_name} {cell.spec}"[:60])
                 started = time.perf_counter()
-                flags = correct_flags(
-                    model, cell.evaluation, cell.strength, x, y, plan.data.info, plan.device,
-                    cell.eval_seed, cell.batch_size,
-                )
+                args = (cell.evaluation, cell.strength, x, y, plan.data.info, plan.device, cell.eval_seed,
+                        cell.batch_size)
+                if kind_of(cell.evaluation.kind).adversarial and cell.strength > 0:
+                    adv = cache.get(cell.checkpoint, cell, lambda: craft_set(model, *args))  # noqa: B023
+                    flags = flags_on(model, adv, y, plan.device, cell.batch_size)
+                else:
+                    flags = correct_flags(model, *args)
                 store.add(make_record(cell, flags, time.perf_counter() - started, plan.device))
                 bar.update()
     bar.close()
@@ -297,14 +373,24 @@ def _by_model(cells: list[Cell]) -> dict[tuple[str, int], list[Cell]]:
     return groups
 
 
+def suite_folder(plan: Plan) -> Path:
+    return plan.paths.reports(plan.data.info.name) / plan.suite.name
+
+
 def export(frame: pd.DataFrame, plan: Plan, stem: str) -> tuple[Path, Path]:
-    """CSV and JSON (records plus the run's metadata) under reports/<dataset>/."""
-    folder = plan.paths.reports(plan.data.info.name)
+    """CSV and JSON (records plus the run's metadata) under reports/<dataset>/<suite>/."""
+    folder = suite_folder(plan)
     folder.mkdir(parents=True, exist_ok=True)
     table = frame.drop(columns=["flags", "key", "versions"])
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
     table.to_csv(csv_path, index=False)
-    meta = {
+    doc = {"meta": run_metadata(plan), "records": json.loads(table.to_json(orient="records"))}
+    json_path.write_text(json.dumps(doc, indent=1) + "\n")
+    return csv_path, json_path
+
+
+def run_metadata(plan: Plan) -> dict[str, Any]:
+    return {
         "suite": plan.suite.name,
         "suite_file": plan.suite.source,
         "dataset": plan.data.info.name,
@@ -312,12 +398,11 @@ def export(frame: pd.DataFrame, plan: Plan, stem: str) -> tuple[Path, Path]:
         "test_size": plan.n,
         "eval_seed": plan.suite.seed,
         "seeds": plan.seeds,
+        "device": str(plan.device),
         "checkpoints": {f"{m}/seed{s}": h for (m, s), h in plan.checkpoints.items()},
         "versions": library_versions(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    json_path.write_text(json.dumps({"meta": meta, "records": json.loads(table.to_json(orient="records"))}, indent=1))
-    return csv_path, json_path
 
 
 def evaluate(
@@ -333,9 +418,9 @@ def evaluate(
 ) -> pd.DataFrame:
     """Run a suite against trained zoo models; the long-form records as a DataFrame.
 
-    Finished cells are reused; results are also exported to reports/<dataset>/<suite>.{csv,json}.
+    Finished cells are reused; results are also exported to reports/<dataset>/<suite>/records.{csv,json}.
     """
     the_plan = plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
     frame = run(the_plan)
-    export(frame, the_plan, the_plan.suite.name)
+    export(frame, the_plan, "records")
     return frame

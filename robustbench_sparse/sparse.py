@@ -154,6 +154,11 @@ class KWinners2d(_KWinnersBase):
         k = self.current_k()
         if self.local:
             out = _keep_top(x, boosted, k, dim=1)
+        elif x.is_contiguous(memory_format=torch.channels_last):
+            # The global top-k ignores element order: rank in memory order (NHWC), so nothing is copied.
+            b, nhwc = x.shape[0], x.permute(0, 2, 3, 1)
+            flat = _keep_top(nhwc.reshape(b, -1), boosted.permute(0, 2, 3, 1).reshape(b, -1), k, dim=1)
+            out = flat.view(nhwc.shape).permute(0, 3, 1, 2)
         else:
             b = x.shape[0]
             out = _keep_top(x.reshape(b, -1), boosted.reshape(b, -1), k, dim=1).view_as(x)

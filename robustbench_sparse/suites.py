@@ -53,6 +53,15 @@ CLEAN = Evaluation("clean", "clean", (), (0.0,))
 
 
 @dataclass(frozen=True)
+class TransferPlan:
+    """Which attacks `rbs transfer` moves between models (from the suite's [transfer] table)."""
+
+    evaluations: tuple[str, ...]  # attack evaluations of the suite; default: all of them
+    strengths: tuple[float, ...] | None  # a subset of their strengths; default: every one > 0
+    ensemble: tuple[str, ...]  # models whose mean logits form one more source; default: none
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     description: str
@@ -61,6 +70,16 @@ class Suite:
     batch_size: int
     evaluations: tuple[Evaluation, ...]
     source: str
+    transfer: TransferPlan = TransferPlan((), None, ())
+
+    def transfer_cells(self) -> list[tuple[Evaluation, float]]:
+        """(attack evaluation, strength) pairs that `rbs transfer` crafts and moves between models."""
+        pairs = []
+        for name in self.transfer.evaluations:
+            evaluation = self.evaluation(name)
+            wanted = self.transfer.strengths
+            pairs += [(evaluation, s) for s in evaluation.strengths if s > 0 and (wanted is None or s in wanted)]
+        return pairs
 
     def evaluation(self, name: str) -> Evaluation:
         for e in self.evaluations:
@@ -90,7 +109,7 @@ def suite_path(paths: Paths, name: str) -> Path:
     return path
 
 
-_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "evaluations"}
+_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "evaluations", "transfer"}
 
 
 def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Suite:
@@ -121,7 +140,28 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
     if duplicates:
         raise UserError(f"{where}: evaluation names must be unique; repeated: {', '.join(duplicates)} "
                         "(give each a distinct `name`)")
-    return Suite(name, doc.get("description", ""), test_size, seed, batch_size, tuple(evaluations), source)
+    attack_names = [e.name for e in evaluations if kind_of(e.kind).adversarial]
+    transfer = _transfer(dict(doc.get("transfer", {})), attack_names, evaluations, where)
+    return Suite(name, doc.get("description", ""), test_size, seed, batch_size, tuple(evaluations), source, transfer)
+
+
+def _transfer(raw: dict[str, Any], attack_names: list[str], evaluations: list[Evaluation], where: str) -> TransferPlan:
+    where = f"{where} [transfer]: "
+    unknown = set(raw) - {"evaluations", "strengths", "ensemble"}
+    if unknown:
+        raise UserError(f"{where}unknown keys {sorted(unknown)}; valid: evaluations, strengths, ensemble")
+    names = raw.get("evaluations", attack_names)
+    bad = [n for n in names if n not in attack_names]
+    if bad:
+        raise UserError(f"{where}{', '.join(bad)} not attack evaluations of the suite; valid: {', '.join(attack_names)}")
+    strengths = raw.get("strengths")
+    if strengths is not None:
+        offered = {s for e in evaluations if e.name in names for s in e.strengths}
+        missing = [s for s in strengths if s not in offered]
+        if missing:
+            raise UserError(f"{where}strengths {missing} are not swept by {', '.join(names)}")
+        strengths = tuple(strengths)
+    return TransferPlan(tuple(names), strengths, tuple(raw.get("ensemble", ())))
 
 
 def _evaluation(raw: dict[str, Any], info: DatasetInfo, where: str) -> Evaluation:

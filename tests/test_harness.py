@@ -54,9 +54,9 @@ def test_evaluate_returns_long_form_records_and_exports(trained):
     assert {"suite", "checkpoint", "versions", "date"} <= set(df.columns)
     assert len(df) == 5 * (1 + 2 * 5)  # 5 models x (clean + 5 evaluations x 2 strengths)
     assert (df["n"] == 60).all() and (df["accuracy"] == df["correct"] / 60).all()
-    folder = trained.reports("mnist5k")
-    assert len(pd.read_csv(folder / "tiny.csv")) == len(df)
-    doc = json.loads((folder / "tiny.json").read_text())
+    folder = trained.reports("mnist5k") / "tiny"
+    assert len(pd.read_csv(folder / "records.csv")) == len(df)
+    doc = json.loads((folder / "records.json").read_text())
     assert doc["meta"]["suite"] == "tiny" and "torch" in doc["meta"]["versions"]
     assert set(doc["meta"]["checkpoints"]) == {f"{m}/seed0" for m in df["model"].unique()}
 
@@ -80,8 +80,8 @@ def test_same_seed_same_numbers_and_finished_cells_are_reused(trained, tmp_path,
     assert first["correct"].tolist() == second["correct"].tolist()
 
     calls = []
-    real = harness.correct_flags
-    monkeypatch.setattr(harness, "correct_flags", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = harness.make_record
+    monkeypatch.setattr(harness, "make_record", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = harness.run(plan, harness.ResultStore(tmp_path / "a.jsonl"))
     assert not calls
     assert again["correct"].tolist() == first["correct"].tolist()
@@ -90,7 +90,7 @@ def test_same_seed_same_numbers_and_finished_cells_are_reused(trained, tmp_path,
 def test_an_interrupted_run_keeps_finished_cells_and_resumes(trained, tmp_path, monkeypatch):
     plan = harness.plan("mnist5k", "tiny", ["dense"], device="cpu", home=trained.home)
     total = len(plan.cells())
-    real = harness.correct_flags
+    real = harness.make_record
     calls = []
 
     def interrupt_after_four(*args, **kwargs):
@@ -99,7 +99,7 @@ def test_an_interrupted_run_keeps_finished_cells_and_resumes(trained, tmp_path, 
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(harness, "correct_flags", interrupt_after_four)
+    monkeypatch.setattr(harness, "make_record", interrupt_after_four)
     store_file = tmp_path / "results.jsonl"
     with pytest.raises(KeyboardInterrupt):
         harness.run(plan, harness.ResultStore(store_file))
@@ -108,7 +108,7 @@ def test_an_interrupted_run_keeps_finished_cells_and_resumes(trained, tmp_path, 
         f.write('{"key": "half a line')  # a crash mid-write loses only that cell
 
     calls.clear()
-    monkeypatch.setattr(harness, "correct_flags", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(harness, "make_record", lambda *a, **k: calls.append(1) or real(*a, **k))
     frame = harness.run(plan, harness.ResultStore(store_file))
     assert len(calls) == total - 4
     assert len(frame) == total
@@ -148,6 +148,20 @@ def test_attacks_stay_in_the_eps_ball_and_pixel_range(trained, mnist5k, kind, ba
     assert adv.min() >= 0 and adv.max() <= 1
     assert torch.equal(adv, again)  # seeded random starts
     assert (predict(model, adv, CPU) == y).sum() <= (predict(model, x, CPU) == y).sum()
+
+
+@pytest.mark.parametrize("kind", ["fgsm", "ifgsm", "mifgsm", "pgd"])
+def test_real_attacks_at_eps_zero_return_the_input_exactly(trained, mnist5k, kind):
+    """craft() skips the work at eps = 0; this shows the libraries themselves agree."""
+    from robustbench_sparse.attacks import _foolbox, _torchattacks
+
+    model = _model(trained, "dense", mnist5k.info)
+    x, y = mnist5k.test_x[:20], mnist5k.test_y[:20]
+    params = {"eps": 0.0, "steps": 3, "alpha": 0.01, "decay": 1.0, "random_start": True}
+    with eval_mode(model):
+        assert torch.equal(_torchattacks(model, kind, params)(x, y), x)
+        if kind != "mifgsm":
+            assert torch.equal(_foolbox(model, kind, params, x, y), x)
 
 
 def test_budget_violations_are_caught():

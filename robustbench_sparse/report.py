@@ -1,0 +1,269 @@
+"""Reports built from stored results only: tables (Markdown, CSV, HTML) and seaborn plots.
+
+Nothing is re-run here. Cells a suite declares that have no stored result are listed as missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed on servers and CI
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from robustbench_sparse import harness
+from robustbench_sparse.attacks import ATTACKS
+from robustbench_sparse.diagnostics import flags_frame, ordering_flags
+from robustbench_sparse.runtime import library_versions
+from robustbench_sparse.tables import summary
+from robustbench_sparse.transfer import ENSEMBLE, transfer_cells, transfer_matrix
+
+UNITS = {
+    "sigma": "noise std σ (pixel units, [0,1] scale)",
+    "eta": "fraction η of pixels",
+    "size": "patch side (pixels)",
+    "eps": "L∞ budget ε (pixel units, [0,1] scale)",
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    folder: Path
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    missing: int
+
+
+def palette(models: list[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per model, the same in every plot (zoo order)."""
+    colours = sns.color_palette("colorblind", len(models))
+    return dict(zip(models, colours, strict=True))
+
+
+def per_strength(white: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) per evaluation and strength (rows) for each model (columns), mean over seeds."""
+    table = white.pivot_table(index=["evaluation", "strength"], columns="model", values="accuracy",
+                              aggfunc="mean", sort=False) * 100
+    return table.reindex(columns=list(dict.fromkeys(white["model"]))).round(1)
+
+
+def sweep_means(white: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy (%) over each attack's eps sweep (eps > 0), per model."""
+    attacked = white[white["kind"].isin(ATTACKS) & (white["strength"] > 0)]
+    table = attacked.pivot_table(index="model", columns="evaluation", values="accuracy", aggfunc="mean",
+                                 sort=False) * 100
+    return table.reindex(index=list(dict.fromkeys(white["model"]))).round(1)
+
+
+def worst_case(records: pd.DataFrame) -> pd.DataFrame:
+    """Per model and eps, accuracy (%) when each test image counts as correct only if it survives
+    every attack run against that model at that eps (white-box and transfer): a per-sample worst
+    case, not a mean over attacks."""
+    attacked = records[records["kind"].isin(ATTACKS) & (records["strength"] > 0)]
+    rows = []
+    for (model, seed, eps), group in attacked.groupby(["model", "seed", "strength"], sort=False):
+        n = int(group["n"].iloc[0])
+        survives = np.logical_and.reduce([harness.decode_flags(f, n) for f in group["flags"]])
+        rows.append({"model": model, "seed": seed, "eps": eps, "accuracy": survives.mean() * 100,
+                     "attacks": len(group)})
+    frame = pd.DataFrame(rows, columns=["model", "seed", "eps", "accuracy", "attacks"])
+    table = frame.pivot_table(index="model", columns="eps", values="accuracy", aggfunc="mean", sort=False)
+    table.columns = [f"ε={c:g}" for c in table.columns]
+    return table.reindex(index=list(dict.fromkeys(records["model"]))).round(1)
+
+
+def plot_sweeps(white: pd.DataFrame, colours: dict[str, tuple[float, float, float]], folder: Path) -> list[Path]:
+    """Accuracy vs strength, one panel per evaluation, one line per model."""
+    data = white[white["evaluation"] != "clean"].copy()
+    data["accuracy (%)"] = data["accuracy"] * 100
+    evaluations = list(dict.fromkeys(data["evaluation"]))
+    cols = min(4, len(evaluations))
+    rows = -(-len(evaluations) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    for ax, evaluation in zip(axes.flat, evaluations, strict=False):
+        part = data[data["evaluation"] == evaluation]
+        sns.lineplot(data=part, x="strength", y="accuracy (%)", hue="model", palette=colours, marker="o",
+                     errorbar="sd", ax=ax, legend=False)
+        ax.set_title(evaluation)
+        ax.set_xlabel(UNITS.get(part["param"].iloc[0], part["param"].iloc[0]))
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(evaluations):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=c, marker="o", label=m) for m, c in colours.items()]
+    fig.legend(handles=handles, title="model", loc="lower center", ncol=len(handles), bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("Accuracy under each perturbation (higher is more robust)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, folder / "accuracy_vs_strength")
+
+
+def plot_transfer(records: pd.DataFrame, folder: Path) -> list[Path]:
+    """Source x target heatmaps of accuracy, one figure per attack, one panel per eps."""
+    paths: list[Path] = []
+    for evaluation in dict.fromkeys(records["evaluation"]):
+        part = records[records["evaluation"] == evaluation]
+        strengths = sorted(part["strength"].unique())
+        fig, axes = plt.subplots(1, len(strengths), figsize=(4.6 * len(strengths), 4.2), squeeze=False)
+        for ax, eps in zip(axes.flat, strengths, strict=True):
+            matrix = transfer_matrix(part, evaluation, eps)
+            sns.heatmap(matrix, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis", ax=ax,
+                        cbar_kws={"label": "target accuracy (%)"})
+            ax.set_title(f"{evaluation}, ε = {eps:g}")
+            ax.set_xlabel("target model (evaluated)")
+            ax.set_ylabel("source model (crafted on)")
+        fig.suptitle(f"Transfer of {evaluation} adversarial examples (diagonal = white-box)")
+        fig.tight_layout()
+        paths += _save(fig, folder / f"transfer_{evaluation}")
+    return paths
+
+
+def _save(fig: plt.Figure, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(out[0], dpi=110, bbox_inches="tight")
+    fig.savefig(out[1], bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _header(plan: harness.Plan) -> list[tuple[str, str]]:
+    versions = library_versions()
+    hashes = ", ".join(f"{m} (seed {s}): `{h[:12]}`" for (m, s), h in plan.checkpoints.items())
+    return [
+        ("dataset", f"{plan.data.info.name} ({plan.data.info.description})"),
+        ("split", plan.data.split),
+        ("test images", str(plan.n)),
+        ("suite", f"{plan.suite.name}: {plan.suite.description}"),
+        ("training seeds", ", ".join(map(str, plan.seeds))),
+        ("evaluation seed", str(plan.suite.seed)),
+        ("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+        ("checkpoints (SHA-256)", hashes),
+    ]
+
+
+def build_report(plan: harness.Plan) -> Report:
+    """Write report.md, report.html, tables/*.csv and figures/* under reports/<dataset>/<suite>/."""
+    store = harness.ResultStore(harness.store_path(plan.paths, plan.data.info.name))
+    cells = plan.cells()
+    has_transfer = bool(plan.suite.transfer_cells())
+    moved = transfer_cells(plan) if has_transfer else []
+    white = store.frame(c.key for c in cells)
+    moves = store.frame(c.key for c in moved)
+    missing = sum(c.key not in store for c in cells) + sum(c.key not in store for c in moved)
+    if white.empty:
+        from robustbench_sparse.runtime import UserError
+
+        raise UserError(f"no stored results for suite {plan.suite.name!r} on {plan.data.info.name}; run "
+                        f"`rbs evaluate --dataset {plan.data.info.name} --suite {plan.suite.name}` first")
+    folder = harness.suite_folder(plan)
+    figures_dir, tables_dir = folder / "figures", folder / "tables"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    models = [s.name for s in plan.specs]
+    colours = palette(models)
+
+    everything = pd.concat([white, moves[moves["source"] != moves["model"]]]) if not moves.empty else white
+    sections: list[tuple[str, str, pd.DataFrame]] = [
+        ("Overview", "Clean accuracy, each evaluation at its strongest setting, the paper's pixel-noise "
+         "score, and masking flags (accuracy %, mean over training seeds).", summary(white)),
+        ("Mean robust accuracy over the ε sweep", "Mean accuracy (%) over each attack's ε > 0.",
+         sweep_means(white).reset_index()),
+        ("Worst case over attacks", "Per model and ε, the share of test images that survive every attack "
+         "run against that model (white-box and transfer), judged per image.", worst_case(everything).reset_index()),
+        ("Accuracy per evaluation and strength", "Accuracy (%), mean over training seeds.",
+         per_strength(white).reset_index()),
+    ]
+    flags = ordering_flags(white)
+    if flags:
+        sections.append(("Possible gradient masking", "Checks that failed: the attack, not the model, may be "
+                         "weak for these numbers.", flags_frame(flags)))
+    if not moves.empty:
+        for evaluation in dict.fromkeys(moves["evaluation"]):
+            for eps in sorted(moves.loc[moves["evaluation"] == evaluation, "strength"].unique()):
+                matrix = transfer_matrix(moves, evaluation, eps).round(1)
+                matrix.index.name = "source \\\\ target"
+                sections.append((f"Transfer: {evaluation}, ε = {eps:g}",
+                                 "Accuracy (%) of each target (columns) on examples crafted on each source (rows); "
+                                 f"the diagonal is the white-box result; `{ENSEMBLE}` attacks the mean logits of "
+                                 f"{', '.join(plan.suite.transfer.ensemble) or 'no models'}.",
+                                 matrix.reset_index()))
+    for title, _, table in sections:
+        table.to_csv(tables_dir / f"{_slug(title)}.csv", index=False)
+
+    figures = plot_sweeps(white, colours, figures_dir)
+    if not moves.empty:
+        figures += plot_transfer(moves, figures_dir)
+    header = _header(plan)
+    title = f"robustbench-sparse: {plan.data.info.name}, suite {plan.suite.name}"
+    markdown = folder / "report.md"
+    markdown.write_text(_markdown(title, header, sections, figures, folder, missing))
+    page = folder / "report.html"
+    page.write_text(_html(title, header, sections, figures, missing))
+    return Report(folder, markdown, page, figures, missing)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_").replace("__", "_")
+
+
+def _missing_note(missing: int) -> str:
+    return (f"**{missing} declared cells have no stored result yet** (run `rbs evaluate` / `rbs transfer`); "
+            "their entries are blank.\n\n" if missing else "")
+
+
+def _markdown(title: str, header: list[tuple[str, str]], sections: list[tuple[str, str, pd.DataFrame]],
+              figures: list[Path], folder: Path, missing: int) -> str:
+    lines = [f"# {title}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in header]
+    lines += ["", _missing_note(missing)]
+    for heading, text, table in sections:
+        lines += [f"## {heading}", "", text, "", table.to_markdown(index=False), ""]
+    lines += ["## Plots", ""]
+    for path in figures:
+        if path.suffix == ".png":
+            lines += [f"![{path.stem}]({path.relative_to(folder).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def _html(title: str, header: list[tuple[str, str]], sections: list[tuple[str, str, pd.DataFrame]],
+          figures: list[Path], missing: int) -> str:
+    """One self-contained page: plots embedded as data URIs, no external resources."""
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:.25em .6em;"
+        "text-align:right}th{background:#eee}img{max-width:100%;display:block;margin:1em 0}"
+        ".meta td{text-align:left}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><table class='meta'>",
+    ]
+    parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in header]
+    parts.append("</table>")
+    if missing:
+        parts.append(f"<p><strong>{missing} declared cells have no stored result yet.</strong></p>")
+    for heading, text, table in sections:
+        parts += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>",
+                  table.to_html(index=False, classes="results", na_rep="", border=0)]
+    parts.append("<h2>Plots</h2>")
+    for path in figures:
+        if path.suffix == ".png":
+            data = base64.b64encode(path.read_bytes()).decode()
+            parts.append(f"<img class='plot' alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>")
+    # Lets a headless browser (and the tests) confirm that every plot decoded and rendered.
+    parts.append("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+                 "document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
+                 "document.body.dataset.images=i.length;document.body.dataset.tables="
+                 "document.querySelectorAll('table.results').length;});</script>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

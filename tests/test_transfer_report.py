@@ -1,0 +1,157 @@
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from robustbench_sparse import harness
+from robustbench_sparse.report import build_report
+from robustbench_sparse.transfer import run_transfer, transfer_matrix
+
+SUITE = """
+test_size = 50
+batch_size = 25
+[[evaluations]]
+kind = "pixel"
+eta = [0.0, 0.2]
+[[evaluations]]
+kind = "fgsm"
+eps = [0.0, 0.1, 0.25]
+[[evaluations]]
+kind = "pgd"
+eps = [0.0, 0.25]
+steps = 5
+[transfer]
+evaluations = ["fgsm", "pgd"]
+strengths = [0.25]
+{ensemble}
+"""
+
+
+@pytest.fixture()
+def home(trained_home):
+    """The session's trained tiny zoo, with fresh results, cache and a transfer suite."""
+    for path in (trained_home.cache, trained_home.home / "reports"):
+        shutil.rmtree(path, ignore_errors=True)
+    (trained_home.suites / "moves.toml").write_text(SUITE.format(ensemble=""))
+    (trained_home.suites / "moves-ens.toml").write_text(SUITE.format(ensemble='ensemble = ["dense", "dropout"]'))
+    return trained_home
+
+
+def _count_crafts(monkeypatch):
+    calls = []
+    real = harness.craft_set
+    monkeypatch.setattr(harness, "craft_set", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_each_source_crafts_once_per_attack_and_eps(home, monkeypatch):
+    crafts = _count_crafts(monkeypatch)
+    plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
+    frame = run_transfer(plan)
+    assert len(crafts) == 5 * 2  # 5 sources x (fgsm, pgd) at one eps: not 25 x 2
+    assert len(frame) == 5 * 5 * 2 and frame["accuracy"].notna().all()
+    crafts.clear()
+    run_transfer(harness.plan("mnist5k", "moves", device="cpu", home=home.home))
+    assert crafts == []  # a re-run crafts nothing
+
+
+def test_adding_a_model_crafts_only_its_own_sets(home, monkeypatch):
+    crafts = _count_crafts(monkeypatch)
+    run_transfer(harness.plan("mnist5k", "moves", ["dense", "dropout"], device="cpu", home=home.home))
+    assert len(crafts) == 2 * 2
+    crafts.clear()
+    frame = run_transfer(harness.plan("mnist5k", "moves", ["dense", "dropout", "kwinner"], device="cpu",
+                                      home=home.home))
+    assert len(crafts) == 2  # kwinner's fgsm and pgd sets only
+    assert len(frame) == 3 * 3 * 2
+
+
+def test_diagonal_is_the_white_box_result(home, tmp_path):
+    plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
+    white = harness.run(plan, harness.ResultStore(tmp_path / "white.jsonl"))
+    shutil.rmtree(home.cache)  # nothing shared: transfer crafts its own sets
+    moved = run_transfer(plan, harness.ResultStore(tmp_path / "moved.jsonl"))
+    for evaluation in ("fgsm", "pgd"):
+        matrix = transfer_matrix(moved, evaluation, 0.25)
+        for model in matrix.columns:
+            wb = white[(white["model"] == model) & (white["evaluation"] == evaluation) & (white["strength"] == 0.25)]
+            diag = moved[(moved["model"] == model) & (moved["source"] == model) & (moved["evaluation"] == evaluation)]
+            assert diag["flags"].item() == wb["flags"].item()
+            assert matrix.loc[model, model] == pytest.approx(wb["accuracy"].item() * 100)
+
+
+def test_ensemble_is_one_more_source_row(home, monkeypatch):
+    crafts = _count_crafts(monkeypatch)
+    frame = run_transfer(harness.plan("mnist5k", "moves-ens", device="cpu", home=home.home))
+    assert len(crafts) == 6 * 2
+    matrix = transfer_matrix(frame, "pgd", 0.25)
+    assert list(matrix.index) == ["dense", "dropout", "batchnorm", "kwinner-boost", "kwinner", "ensemble"]
+    assert matrix.notna().all().all()
+
+
+def test_report_builds_from_stored_results_only(home, monkeypatch):
+    plan = harness.plan("mnist5k", "moves-ens", device="cpu", home=home.home)
+    harness.run(plan)
+    run_transfer(plan)
+    crafts = _count_crafts(monkeypatch)
+    monkeypatch.setattr(harness, "make_record", lambda *a, **k: pytest.fail("report re-ran a cell"))
+    report = build_report(plan)
+    assert crafts == [] and report.missing == 0
+    text = report.markdown.read_text()
+    for heading in ("Overview", "Worst case over attacks", "Mean robust accuracy", "Transfer: pgd, ε = 0.25"):
+        assert f"## {heading}" in text
+    assert "noise score" in text and "SHA-256" in text and "torchattacks" in text
+    names = {p.name for p in report.figures}
+    assert {"accuracy_vs_strength.png", "accuracy_vs_strength.svg", "transfer_pgd.png", "transfer_fgsm.svg"} <= names
+    for path in report.figures:
+        assert path.stat().st_size > 1000
+    page = report.html.read_text()
+    assert page.count("<img") == sum(p.suffix == ".png" for p in report.figures)
+    assert "src='data:image/png;base64," in page and "http" not in page.split("<body>")[-1].split("<script>")[0]
+
+
+def test_worst_case_is_per_sample_and_never_above_any_attack(home):
+    from robustbench_sparse.report import worst_case
+
+    plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
+    white = harness.run(plan)
+    worst = worst_case(white)
+    attacked = white[white["kind"].isin(["fgsm", "pgd"]) & (white["strength"] == 0.25)]
+    for model, row in worst.iterrows():
+        accs = attacked[attacked["model"] == model]["accuracy"] * 100
+        assert row["ε=0.25"] <= accs.min() + 1e-9
+
+
+def test_missing_cells_are_reported_not_rerun(home):
+    plan = harness.plan("mnist5k", "moves", ["dense", "dropout"], device="cpu", home=home.home)
+    harness.run(plan)
+    report = build_report(plan)
+    assert report.missing == 4  # off-diagonal transfer cells: 2 attacks x (dense->dropout, dropout->dense)
+    assert "have no stored result yet" in report.markdown.read_text()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="chromium not installed")
+def test_html_report_renders_in_headless_chromium(home, tmp_path):
+    assert CHROMIUM, "CI must install Debian's chromium (see .ci/run)"
+    plan = harness.plan("mnist5k", "moves-ens", device="cpu", home=home.home)
+    harness.run(plan)
+    run_transfer(plan)
+    report = build_report(plan)
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+         report.html.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    body = re.search(r"<body([^>]*)>", result.stdout)
+    assert body, result.stderr[-2000:]
+    attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body.group(1)))
+    pngs = sum(p.suffix == ".png" for p in report.figures)
+    assert int(attrs["images"]) == pngs and int(attrs["images-loaded"]) == pngs
+    assert int(attrs["tables"]) >= 6
