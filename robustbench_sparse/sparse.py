@@ -28,7 +28,7 @@ class _KWinnersBase(nn.Module):
         duty_cycle_period: int = 1000,
     ) -> None:
         super().__init__()
-        if not 0 < k:
+        if not k > 0:
             raise ValueError(f"k must be positive, got {k}")
         if boost_strength < 0 or not 0 <= boost_strength_factor <= 1:
             raise ValueError("boost_strength must be >= 0 and boost_strength_factor in [0, 1]")

@@ -103,7 +103,7 @@ def run_transfer(plan: harness.Plan, store: harness.ResultStore | None = None) -
                 args = (first.evaluation, first.strength, x, y, plan.data.info, plan.device, first.eval_seed,
                         first.batch_size)
                 adv = cache.get(first.source_checkpoint, first,
-                                lambda s=first.source, a=args: harness.craft_set(models[s], *a))
+                                lambda m=models[first.source], a=args: harness.craft_set(m, *a))
                 crafted = time.perf_counter() - started
                 for cell in group:
                     started = time.perf_counter()
