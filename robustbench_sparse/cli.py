@@ -259,6 +259,36 @@ def report(
                f"{result.folder / 'figures'}")
 
 
+def _train_and_evaluate(
+    paths: Paths, dataset: str, suite: str, names: list[str] | None, seeds: list[int], device: str,
+    data_root: Path | None, download: bool, step: str = "",
+) -> tuple[Any, pd.DataFrame]:
+    """Train what is missing, then run (or reuse) the suite's cells. The suite is checked first,
+    so bad input costs no training."""
+    from robustbench_sparse import harness
+    from robustbench_sparse.data import dataset_info
+    from robustbench_sparse.suites import load_suite
+    from robustbench_sparse.train import train_zoo
+    from robustbench_sparse.zoo import load_zoo, select_models
+
+    specs = select_models(load_zoo(paths.zoo_spec), dataset, names)
+    load_suite(paths, suite, dataset_info(dataset))
+    dev = resolve_device(device)
+    typer.echo(f"{step}train (only what is missing)")
+    outcomes = train_zoo(paths, specs, dataset, lambda: load_dataset(dataset, data_root or default_data_root(), download),
+                         seeds, dev)
+    trained = sum(o.action != "cached" for o in outcomes)
+    typer.echo(f"    trained {trained}, cached {len(outcomes) - trained}")
+    the_plan = harness.plan(dataset, suite, names, seeds, device, None, paths.home, data_root, download)
+    typer.echo(f"{step}evaluate (suite {suite!r}, {the_plan.n} test images)")
+    try:
+        frame = harness.run(the_plan)
+    except KeyboardInterrupt:
+        _resumable(harness.store_path(paths, dataset))()
+    harness.export(frame, the_plan, "records")
+    return the_plan, frame
+
+
 @app.command()
 @_user_errors
 def benchmark(
@@ -275,43 +305,100 @@ def benchmark(
     from robustbench_sparse import harness
     from robustbench_sparse.report import build_report
     from robustbench_sparse.tables import summary
-    from robustbench_sparse.train import train_zoo
     from robustbench_sparse.transfer import run_transfer
-    from robustbench_sparse.zoo import load_zoo, select_models
 
     paths = _paths(home)
-    names, seed_list = parse_names(models), parse_seeds(seeds)
-    specs = select_models(load_zoo(paths.zoo_spec), dataset.value, names)
-    dev = resolve_device(device.value)
-    # Check the suite before the first model is trained: bad input costs nothing.
-    from robustbench_sparse.data import dataset_info
-    from robustbench_sparse.suites import load_suite
-
-    load_suite(paths, suite, dataset_info(dataset.value))
-    typer.echo("1/4 train")
-    outcomes = train_zoo(paths, specs, dataset.value,
-                         lambda: load_dataset(dataset.value, data_root or default_data_root(), download),
-                         seed_list, dev)
-    trained = [o for o in outcomes if o.action != "cached"]
-    typer.echo(f"    trained {len(trained)}, cached {len(outcomes) - len(trained)}")
-    the_plan = harness.plan(dataset.value, suite, names, seed_list, device.value, None, paths.home, data_root, download)
-    store = harness.store_path(paths, dataset.value)
-    try:
-        typer.echo("2/4 evaluate")
-        frame = harness.run(the_plan)
-        harness.export(frame, the_plan, "records")
-        if the_plan.suite.transfer_cells():
-            typer.echo("3/4 transfer")
+    the_plan, frame = _train_and_evaluate(paths, dataset.value, suite, parse_names(models), parse_seeds(seeds),
+                                          device.value, data_root, download, step="1-2/4 ")
+    if the_plan.suite.transfer_cells():
+        typer.echo("3/4 transfer")
+        try:
             harness.export(run_transfer(the_plan), the_plan, "transfer")
-        else:
-            typer.echo("3/4 transfer: the suite declares none")
-    except KeyboardInterrupt:
-        _resumable(store)()
+        except KeyboardInterrupt:
+            _resumable(harness.store_path(paths, dataset.value))()
+    else:
+        typer.echo("3/4 transfer: the suite declares none")
     typer.echo("4/4 report")
     result = build_report(the_plan)
     typer.echo("")
     _print_table(summary(frame))
     typer.echo(f"\nreport: {result.markdown}\n        {result.html}")
+
+
+@app.command()
+@_user_errors
+def baseline(
+    out: Annotated[Path, typer.Option(help="Where to write the baseline JSON (commit it).")],
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    suite: SuiteOpt = "quick",
+    models: ModelsOpt = None,
+    seeds: SeedsOpt = "0",
+    device: DeviceOpt = AUTO,
+    home: HomeOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+) -> None:
+    """Write a robustness baseline (per model, evaluation and strength: accuracy, mean and std over seeds)."""
+    from robustbench_sparse.regression import make_baseline, write_baseline
+
+    the_plan, frame = _train_and_evaluate(_paths(home), dataset.value, suite, parse_names(models),
+                                          parse_seeds(seeds), device.value, data_root, download)
+    doc = make_baseline(frame, the_plan)
+    write_baseline(doc, out)
+    typer.echo(f"baseline: {len(doc['cells'])} cells, {len(the_plan.specs)} models, seeds {the_plan.seeds} -> {out}")
+
+
+@app.command()
+@_user_errors
+def check(
+    baseline: Annotated[Path, typer.Option(help="Baseline JSON written by `rbs baseline`.")],
+    tolerance: Annotated[float, typer.Option(help="Allowed drop in accuracy points.")] = 1.0,
+    sigma: Annotated[float | None, typer.Option(
+        help="Allowed drop in baseline standard deviations (needs a multi-seed baseline); "
+             "with --tolerance, the larger of the two.")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Do not fail on cells missing on either side.")] = False,
+    dataset: Annotated[DatasetName | None, typer.Option(help="Must match the baseline's, if given.")] = None,
+    suite: Annotated[str | None, typer.Option(help="Must match the baseline's, if given.")] = None,
+    device: DeviceOpt = AUTO,
+    home: HomeOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+) -> None:
+    """Re-run (or reuse) the baseline's evaluations; exit 1 if any accuracy fell beyond tolerance."""
+    from robustbench_sparse.regression import compare, read_baseline
+
+    doc = read_baseline(baseline)
+    if dataset is not None and dataset.value != doc["dataset"]:
+        raise UserError(f"--dataset {dataset.value} differs from the baseline's {doc['dataset']!r}")
+    if suite is not None and suite != doc["suite"]:
+        raise UserError(f"--suite {suite} differs from the baseline's {doc['suite']!r}")
+    if tolerance < 0 or (sigma is not None and sigma < 0):
+        raise UserError("--tolerance and --sigma must be >= 0")
+    if sigma is not None and len(doc["seeds"]) < 2:
+        raise UserError("--sigma needs a baseline over several seeds (this one has one); use --tolerance")
+    if doc["dataset"] not in DATASETS:
+        raise UserError(f"the baseline's dataset {doc['dataset']!r} is unknown; valid: {', '.join(DATASETS)}")
+    the_plan, frame = _train_and_evaluate(_paths(home), doc["dataset"], doc["suite"], None, list(doc["seeds"]),
+                                          device.value, data_root, download)
+    if (the_plan.n, the_plan.suite.seed) != (doc["test_size"], doc["eval_seed"]):
+        raise UserError(f"the suite {doc['suite']!r} changed since the baseline (test size / seed "
+                        f"{the_plan.n}/{the_plan.suite.seed} vs {doc['test_size']}/{doc['eval_seed']}); "
+                        "regenerate the baseline")
+    result = compare(doc, frame, tolerance, sigma)
+    typer.echo(f"\ncompared {result.compared} cells with {baseline} ({doc['dataset']}, suite {doc['suite']}, "
+               f"seeds {doc['seeds']})")
+    if not result.improvements.empty:
+        typer.echo("\nimproved (passes):")
+        _print_table(result.improvements)
+    if result.missing:
+        typer.secho(f"\nmissing cells{' (allowed)' if allow_missing else ''}:", fg=typer.colors.YELLOW)
+        typer.echo("\n".join(f"  {m}" for m in result.missing))
+    if not result.regressions.empty:
+        typer.secho("\nREGRESSIONS: accuracy fell beyond the allowed drop", fg=typer.colors.RED)
+        _print_table(result.regressions)
+    if not result.passed(allow_missing):
+        raise typer.Exit(1)
+    typer.secho("\nrobustness check passed", fg=typer.colors.GREEN)
 
 
 @app.command()

@@ -24,8 +24,10 @@ from robustbench_sparse import harness
 from robustbench_sparse.attacks import ATTACKS
 from robustbench_sparse.diagnostics import flags_frame, ordering_flags
 from robustbench_sparse.runtime import library_versions
-from robustbench_sparse.tables import summary
+from robustbench_sparse.tables import seed_stats, summary
 from robustbench_sparse.transfer import ENSEMBLE, transfer_cells, transfer_matrix
+
+SEEDS_NOTE = "; with several training seeds: mean ± std over seeds"
 
 UNITS = {
     "sigma": "noise std σ (pixel units, [0,1] scale)",
@@ -51,35 +53,46 @@ def palette(models: list[str]) -> dict[str, tuple[float, float, float]]:
 
 
 def per_strength(white: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy (%) per evaluation and strength (rows) for each model (columns), mean over seeds."""
-    table = white.pivot_table(index=["evaluation", "strength"], columns="model", values="accuracy",
-                              aggfunc="mean", sort=False) * 100
-    return table.reindex(columns=list(dict.fromkeys(white["model"]))).round(1)
+    """Accuracy (%) per evaluation and strength (rows) for each model (columns)."""
+    table = seed_stats(white, ["evaluation", "strength", "model"]).unstack("model")
+    return table.reindex(columns=list(dict.fromkeys(white["model"])))
 
 
 def sweep_means(white: pd.DataFrame) -> pd.DataFrame:
     """Mean accuracy (%) over each attack's eps sweep (eps > 0), per model."""
     attacked = white[white["kind"].isin(ATTACKS) & (white["strength"] > 0)]
-    table = attacked.pivot_table(index="model", columns="evaluation", values="accuracy", aggfunc="mean",
-                                 sort=False) * 100
-    return table.reindex(index=list(dict.fromkeys(white["model"]))).round(1)
+    table = seed_stats(attacked, ["model", "evaluation"]).unstack("evaluation")
+    return table.reindex(index=list(dict.fromkeys(white["model"])),
+                         columns=list(dict.fromkeys(attacked["evaluation"])))
 
 
-def worst_case(records: pd.DataFrame) -> pd.DataFrame:
-    """Per model and eps, accuracy (%) when each test image counts as correct only if it survives
-    every attack run against that model at that eps (white-box and transfer): a per-sample worst
-    case, not a mean over attacks."""
+def worst_case_per_seed(records: pd.DataFrame) -> pd.DataFrame:
+    """Per model, seed and eps: the share (0-1) of test images that survive every attack run
+    against that model at that eps (white-box and transfer) -- a per-sample worst case, not a
+    mean over attacks -- and which attacks were counted."""
     attacked = records[records["kind"].isin(ATTACKS) & (records["strength"] > 0)]
     rows = []
     for (model, seed, eps), group in attacked.groupby(["model", "seed", "strength"], sort=False):
         n = int(group["n"].iloc[0])
         survives = np.logical_and.reduce([harness.decode_flags(f, n) for f in group["flags"]])
-        rows.append({"model": model, "seed": seed, "eps": eps, "accuracy": survives.mean() * 100,
+        rows.append({"model": model, "seed": seed, "strength": eps, "accuracy": float(survives.mean()),
                      "attacks": len(group)})
-    frame = pd.DataFrame(rows, columns=["model", "seed", "eps", "accuracy", "attacks"])
-    table = frame.pivot_table(index="model", columns="eps", values="accuracy", aggfunc="mean", sort=False)
+    return pd.DataFrame(rows, columns=["model", "seed", "strength", "accuracy", "attacks"])
+
+
+def worst_case(records: pd.DataFrame) -> pd.DataFrame:
+    """Worst case over attacks (%), models x eps."""
+    table = seed_stats(worst_case_per_seed(records), ["model", "strength"]).unstack("strength")
     table.columns = [f"ε={c:g}" for c in table.columns]
-    return table.reindex(index=list(dict.fromkeys(records["model"]))).round(1)
+    return table.reindex(index=list(dict.fromkeys(records["model"])))
+
+
+def transfer_table(moves: pd.DataFrame, evaluation: str, strength: float) -> pd.DataFrame:
+    """The transfer matrix (%) with mean ± std over seeds: sources (rows) x targets (columns)."""
+    numeric = transfer_matrix(moves, evaluation, strength)
+    cells = moves[(moves["evaluation"] == evaluation) & (moves["strength"] == strength)]
+    table = seed_stats(cells, ["source", "model"]).unstack("model")
+    return table.reindex(index=numeric.index, columns=numeric.columns)
 
 
 def plot_sweeps(white: pd.DataFrame, colours: dict[str, tuple[float, float, float]], folder: Path) -> list[Path]:
@@ -176,12 +189,12 @@ def build_report(plan: harness.Plan) -> Report:
     everything = pd.concat([white, moves[moves["source"] != moves["model"]]]) if not moves.empty else white
     sections: list[tuple[str, str, pd.DataFrame]] = [
         ("Overview", "Clean accuracy, each evaluation at its strongest setting, the paper's pixel-noise "
-         "score, and masking flags (accuracy %, mean over training seeds).", summary(white)),
+         f"score, and masking flags (accuracy %{SEEDS_NOTE}).", summary(white)),
         ("Mean robust accuracy over the ε sweep", "Mean accuracy (%) over each attack's ε > 0.",
          sweep_means(white).reset_index()),
         ("Worst case over attacks", "Per model and ε, the share of test images that survive every attack "
          "run against that model (white-box and transfer), judged per image.", worst_case(everything).reset_index()),
-        ("Accuracy per evaluation and strength", "Accuracy (%), mean over training seeds.",
+        ("Accuracy per evaluation and strength", f"Accuracy (%{SEEDS_NOTE}).",
          per_strength(white).reset_index()),
     ]
     flags = ordering_flags(white)
@@ -191,7 +204,7 @@ def build_report(plan: harness.Plan) -> Report:
     if not moves.empty:
         for evaluation in dict.fromkeys(moves["evaluation"]):
             for eps in sorted(moves.loc[moves["evaluation"] == evaluation, "strength"].unique()):
-                matrix = transfer_matrix(moves, evaluation, eps).round(1)
+                matrix = transfer_table(moves, evaluation, eps)
                 matrix.index.name = "source \\\\ target"
                 sections.append((f"Transfer: {evaluation}, ε = {eps:g}",
                                  "Accuracy (%) of each target (columns) on examples crafted on each source (rows); "

@@ -1,4 +1,8 @@
-"""Tables that compare the regularisers, built from long-form records with pandas."""
+"""Tables that compare the regularisers, built from long-form records with pandas.
+
+With several training seeds every number is shown as mean ± std over the seeds (sample std);
+with one seed, as the plain number.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,44 @@ import pandas as pd
 from robustbench_sparse.diagnostics import ordering_flags
 
 
+def _fmt(mean: float, std: float, count: int, digits: int) -> float | str:
+    if count <= 1:
+        return round(mean, digits) if digits else round(mean)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def seed_stats(frame: pd.DataFrame, keys: list[str], value: str = "accuracy", scale: float = 100.0,
+               digits: int = 1, reduce: str = "mean") -> pd.Series:
+    """`value` per `keys` and seed (mean, or sum for counts), then mean ± std over seeds."""
+    per_seed = frame.groupby([*keys, "seed"], sort=False)[value].agg(reduce) * scale
+    over = per_seed.groupby(level=list(range(len(keys))), sort=False)
+    stats = pd.DataFrame({"mean": over.mean(), "std": over.std(ddof=1).fillna(0.0), "count": over.count()})
+    return pd.Series([_fmt(m, s, c, digits) for m, s, c in stats.itertuples(index=False)], index=stats.index)
+
+
 def noise_scores(df: pd.DataFrame) -> pd.Series:
-    """The paper's noise score per model: total correct over every pixel-noise level (mean over seeds)."""
+    """The paper's noise score per model: total correct over every pixel-noise level."""
     pixel = df[df["kind"] == "pixel"]
     if pixel.empty:
-        return pd.Series(dtype=float, name="noise score")
-    per_seed = pixel.groupby(["model", "seed"], sort=False)["correct"].sum()
-    return per_seed.groupby(level="model", sort=False).mean().rename("noise score")
+        return pd.Series(dtype=object, name="noise score")
+    return seed_stats(pixel, ["model"], "correct", scale=1.0, digits=0, reduce="sum").rename("noise score")
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per model: clean accuracy, each evaluation at its strongest setting (%), the noise
-    score, and the masking flags raised (accuracies are means over seeds)."""
+    score, and the masking flags raised."""
     own = df[df["source"] == df["model"]]
     models = list(dict.fromkeys(own["model"]))
     table = pd.DataFrame(index=pd.Index(models, name="model"))
     for evaluation, group in own.groupby("evaluation", sort=False):
         top = group["strength"].max()
         column = "clean %" if evaluation == "clean" else f"{evaluation}@{top:g} %"
-        at_top = group[group["strength"] == top].groupby("model", sort=False)["accuracy"].mean() * 100
-        table[column] = at_top.round(1)
+        table[column] = seed_stats(group[group["strength"] == top], ["model"])
     scores = noise_scores(own)
     if not scores.empty:
-        levels = own[own["kind"] == "pixel"].groupby("evaluation")["strength"].nunique().sum()
-        n = int(own["n"].max())
-        table[f"noise score (max {levels * n})"] = scores.round(0)
+        pixel = own[own["kind"] == "pixel"]
+        levels = pixel.groupby("evaluation")["strength"].nunique().sum()
+        table[f"noise score (max {levels * int(pixel['n'].max())})"] = scores
     flags = ordering_flags(own)
     table["masking flags"] = [
         "; ".join(sorted({f.check for f in flags if f.model == m})) or "-" for m in models
