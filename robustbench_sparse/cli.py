@@ -178,7 +178,7 @@ def evaluate(
 ) -> None:
     """Run an evaluation suite against the trained zoo; resumes, and reuses finished cells."""
     from robustbench_sparse import harness
-    from robustbench_sparse.diagnostics import flags_frame, ordering_flags
+    from robustbench_sparse.diagnostics import flags_frame, masking_flags
     from robustbench_sparse.tables import summary
 
     the_plan = harness.plan(
@@ -193,8 +193,8 @@ def evaluate(
     csv_path, json_path = harness.export(frame, the_plan, "records")
     typer.echo(f"\nsuite {the_plan.suite.name!r} on {dataset.value}, {the_plan.n} test images "
                f"(accuracy % at each evaluation's strongest setting)\n")
-    _print_table(summary(frame))
-    flags = ordering_flags(frame)
+    _print_table(summary(frame, the_plan.data.info.num_classes))
+    flags = masking_flags(frame, the_plan.data.info.num_classes)
     if flags:
         typer.secho("\npossible gradient masking (the attack, not the model, may be weak):",
                     fg=typer.colors.YELLOW)

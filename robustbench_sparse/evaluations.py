@@ -1,6 +1,7 @@
 """The evaluation kinds: their parameters, valid ranges, canonical spec strings, and how each runs.
 
-A spec string such as `pgd(alpha=0.01,backend=torchattacks,eps=0.3,random_start=true,steps=40)`
+A spec string such as
+`pgd(alpha=0.01,backend=torchattacks,bpda=none,eps=0.3,loss=ce,random_start=true,restarts=1,steps=40)`
 names one evaluation at one strength completely (every default filled in, keys sorted), so it is
 a stable key for results and caches.
 """
@@ -44,6 +45,17 @@ EPS = Param(0.0, _number(0, 1), "0 <= eps <= 1 (L-inf, pixel space)")
 STEPS = Param(10, _int(1), "an integer >= 1")
 ALPHA = Param("auto", lambda v, _: v == "auto" or _number(1e-9)(v, _), '"auto" (2.5 eps / steps) or > 0')
 BACKEND = Param("torchattacks", _choice(*attacks.BACKENDS), " or ".join(attacks.BACKENDS))
+BPDA = Param(
+    "none", _choice(*attacks.BPDA_MODES),
+    "none, relu or identity (k-winners backward: own mask, ReLU's, straight-through)",
+)
+
+
+def _foolbox_pgd_needs_ce(params: dict[str, Any]) -> str | None:
+    if params.get("backend") == "foolbox" and params.get("loss") == "margin":
+        return ("loss='margin' needs backend=torchattacks (foolbox's LinfPGD attacks cross-entropy only); "
+                "valid: loss=ce with backend=foolbox, or loss=ce or margin with backend=torchattacks")
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,8 @@ class Kind:
     description: str
     strength: str | None  # the parameter a suite sweeps
     params: dict[str, Param] = field(default_factory=dict)
+    # Checks across parameters: each returns a message when the combination is refused.
+    constraints: tuple[Callable[[dict[str, Any]], str | None], ...] = ()
 
     @property
     def adversarial(self) -> bool:
@@ -62,6 +76,7 @@ KINDS: dict[str, Kind] = {
     k.name: k
     for k in [
         Kind("clean", "no perturbation", None),
+        Kind("gradients", "share of inputs whose input gradient is non-zero and finite (not an accuracy)", None),
         Kind("gaussian", "x + sigma N(0,1), clipped", "sigma", {"sigma": Param(0.0, _number(0), "sigma >= 0")}),
         Kind("blend", "(1 - eta) x + eta U(0,1)", "eta", {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")}),
         Kind(
@@ -83,9 +98,10 @@ KINDS: dict[str, Kind] = {
                 "fill": Param("zero", _choice("zero", "noise"), "zero or noise"),
             },
         ),
-        Kind("fgsm", "one signed-gradient step of size eps", "eps", {"eps": EPS, "backend": BACKEND}),
+        Kind("fgsm", "one signed-gradient step of size eps", "eps", {"eps": EPS, "backend": BACKEND, "bpda": BPDA}),
         Kind(
-            "ifgsm", "iterative FGSM (BIM)", "eps", {"eps": EPS, "steps": STEPS, "alpha": ALPHA, "backend": BACKEND}
+            "ifgsm", "iterative FGSM (BIM)", "eps",
+            {"eps": EPS, "steps": STEPS, "alpha": ALPHA, "backend": BACKEND, "bpda": BPDA},
         ),
         Kind(
             "mifgsm",
@@ -95,16 +111,35 @@ KINDS: dict[str, Kind] = {
                 "eps": EPS, "steps": STEPS, "alpha": ALPHA,
                 "decay": Param(1.0, _number(0), "decay >= 0"),
                 "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no MI-FGSM)"),
+                "bpda": BPDA,
             },
         ),
         Kind(
             "pgd",
-            "projected gradient descent with a random start",
+            "projected gradient descent with a random start (per-sample worst case over restarts)",
             "eps",
             {
                 "eps": EPS, "steps": Param(40, _int(1), "an integer >= 1"), "alpha": ALPHA,
                 "random_start": Param(True, _choice(True, False), "true or false"),
                 "backend": BACKEND,
+                "bpda": BPDA,
+                "restarts": Param(1, _int(1), "an integer >= 1 (runs with derived seeds, worst case per sample)"),
+                "loss": Param(
+                    "ce", _choice(*attacks.PGD_LOSSES),
+                    "ce (cross-entropy) or margin (max_{j != y} z_j - z_y on the logits)",
+                ),
+            },
+            (_foolbox_pgd_needs_ce,),
+        ),
+        Kind(
+            "square",
+            "Square attack: gradient-free random search on the margin loss",
+            "eps",
+            {
+                "eps": EPS,
+                "n_queries": Param(1000, _int(1), "an integer >= 1"),
+                "p_init": Param(0.8, lambda v, _: _number(0, 1)(v, _) and v > 0, "0 < p_init <= 1"),
+                "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no Square)"),
             },
         ),
     ]
@@ -130,8 +165,14 @@ def resolve(kind_name: str, given: dict[str, Any], info: DatasetInfo, where: str
     for name, p in kind.params.items():
         if not p.check(params[name], info):
             raise UserError(f"{prefix}{name}={params[name]!r} is out of range; valid: {p.valid}")
-    if isinstance(params.get("eps"), int):
-        params["eps"] = float(params["eps"])
+    for constraint in kind.constraints:
+        message = constraint(params)
+        if message:
+            raise UserError(f"{prefix}{message}")
+    for name, p in kind.params.items():  # 1 and 1.0 must give one spec string
+        value = params[name]
+        if isinstance(value, int) and not isinstance(value, bool) and (isinstance(p.default, float) or p is ALPHA):
+            params[name] = float(value)
     return params
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustbench_sparse.attacks import live_gradients
 from robustbench_sparse.checkpoints import checkpoint_status, load_checkpoint, read_manifest
 from robustbench_sparse.data import Dataset, DatasetInfo, default_data_root, load_dataset
 from robustbench_sparse.evaluations import kind_of, perturb
@@ -159,7 +160,11 @@ def correct_flags(
     eval_seed: int,
     batch_size: int,
 ) -> torch.Tensor:
-    """Per-sample correctness of `model` (in eval mode) under one evaluation at one strength."""
+    """Per-sample correctness of `model` (in eval mode) under one evaluation at one strength.
+    For the `gradients` kind: per sample, whether the input gradient is usable (non-zero, finite)."""
+    if evaluation.kind == "gradients":
+        zero, nonfinite = live_gradients(model, x, y, device, batch_size)
+        return ~(zero | nonfinite)
     flags = []
     for xp, yb in _perturbed(model, evaluation, strength, x, y, info, device, eval_seed, batch_size):
         with torch.inference_mode():
@@ -261,7 +266,8 @@ def with_backend(suite: Suite, backend: str | None) -> Suite:
     evaluations = []
     for e in suite.evaluations:
         params = dict(e.params)
-        if "backend" in params and (backend == "torchattacks" or e.kind in FOOLBOX_ATTACKS):
+        foolbox_can = e.kind in FOOLBOX_ATTACKS and params.get("loss", "ce") == "ce"
+        if "backend" in params and (backend == "torchattacks" or foolbox_can):
             params["backend"] = backend
         evaluations.append(replace(e, params=tuple(sorted(params.items()))))
     return replace(suite, evaluations=tuple(evaluations))

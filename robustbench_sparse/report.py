@@ -22,7 +22,7 @@ import seaborn as sns
 
 from robustbench_sparse import harness
 from robustbench_sparse.attacks import ATTACKS
-from robustbench_sparse.diagnostics import flags_frame, ordering_flags
+from robustbench_sparse.diagnostics import flags_frame, masking_flags, most_effective
 from robustbench_sparse.runtime import library_versions
 from robustbench_sparse.tables import seed_stats, summary
 from robustbench_sparse.transfer import ENSEMBLE, transfer_cells, transfer_matrix
@@ -54,7 +54,8 @@ def palette(models: list[str]) -> dict[str, tuple[float, float, float]]:
 
 def per_strength(white: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (%) per evaluation and strength (rows) for each model (columns)."""
-    table = seed_stats(white, ["evaluation", "strength", "model"]).unstack("model")
+    accuracies = white[white["kind"] != "gradients"]
+    table = seed_stats(accuracies, ["evaluation", "strength", "model"]).unstack("model")
     return table.reindex(columns=list(dict.fromkeys(white["model"])))
 
 
@@ -95,9 +96,40 @@ def transfer_table(moves: pd.DataFrame, evaluation: str, strength: float) -> pd.
     return table.reindex(index=numeric.index, columns=numeric.columns)
 
 
+def rank_table(records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The ranking table and the sentences naming models whose rank changes."""
+    best = most_effective(records)
+    best = best[best["pgd"].notna()]  # ranked where plain PGD was run
+    if best.empty:
+        return pd.DataFrame(), []
+    means = best.groupby(["strength", "model"], sort=False)[["pgd", "worst"]].mean().reset_index()
+    means["rank (PGD)"] = means.groupby("strength")["pgd"].rank(ascending=False, method="min").astype("Int64")
+    means["rank (worst case)"] = means.groupby("strength")["worst"].rank(ascending=False, method="min").astype("Int64")
+    pgd = seed_stats(best.rename(columns={"pgd": "accuracy"}), ["strength", "model"], scale=1.0)
+    worst = seed_stats(best.rename(columns={"worst": "accuracy"}), ["strength", "model"], scale=1.0)
+    strongest = best.groupby(["strength", "model"], sort=False)["strongest single attack"].agg(
+        lambda s: ", ".join(dict.fromkeys(s)))
+    table = means[["strength", "model", "rank (PGD)", "rank (worst case)"]].copy()
+    keys = list(zip(means["strength"], means["model"], strict=True))
+    table.insert(2, "PGD %", [pgd[k] for k in keys])
+    table.insert(3, "worst case %", [worst[k] for k in keys])
+    table["strongest single attack"] = [strongest[k] for k in keys]
+    table = table.rename(columns={"strength": "ε"})
+    changes = [
+        f"{r.model} at ε={r.strength:g}: {_ordinal(r['rank (PGD)'])} by PGD, {_ordinal(r['rank (worst case)'])} "
+        "by the worst case"
+        for _, r in means.iterrows() if r["rank (PGD)"] != r["rank (worst case)"]
+    ]
+    return table, changes
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def plot_sweeps(white: pd.DataFrame, colours: dict[str, tuple[float, float, float]], folder: Path) -> list[Path]:
     """Accuracy vs strength, one panel per evaluation, one line per model."""
-    data = white[white["evaluation"] != "clean"].copy()
+    data = white[(white["param"] != "") & (white["kind"] != "gradients")].copy()
     data["accuracy (%)"] = data["accuracy"] * 100
     evaluations = list(dict.fromkeys(data["evaluation"]))
     cols = min(4, len(evaluations))
@@ -186,10 +218,10 @@ def build_report(plan: harness.Plan) -> Report:
     models = [s.name for s in plan.specs]
     colours = palette(models)
 
-    everything = pd.concat([white, moves[moves["source"] != moves["model"]]]) if not moves.empty else white
+    everything = pd.concat([white, moves[moves["source"] != moves["model"]]], ignore_index=True) if not moves.empty else white
     sections: list[tuple[str, str, pd.DataFrame]] = [
         ("Overview", "Clean accuracy, each evaluation at its strongest setting, the paper's pixel-noise "
-         f"score, and masking flags (accuracy %{SEEDS_NOTE}).", summary(white)),
+         f"score, and masking flags (accuracy %{SEEDS_NOTE}).", summary(everything, plan.data.info.num_classes)),
         ("Mean robust accuracy over the ε sweep", "Mean accuracy (%) over each attack's ε > 0.",
          sweep_means(white).reset_index()),
         ("Worst case over attacks", "Per model and ε, the share of test images that survive every attack "
@@ -197,10 +229,20 @@ def build_report(plan: harness.Plan) -> Report:
         ("Accuracy per evaluation and strength", f"Accuracy (%{SEEDS_NOTE}).",
          per_strength(white).reset_index()),
     ]
-    flags = ordering_flags(white)
-    if flags:
-        sections.append(("Possible gradient masking", "Checks that failed: the attack, not the model, may be "
-                         "weak for these numbers.", flags_frame(flags)))
+    ranking, changes = rank_table(everything)
+    if not ranking.empty:
+        text = ("Per model and ε: plain PGD accuracy beside the per-sample worst case over every attack run "
+                "(white-box, BPDA, black-box and transfer), with the regularisers ranked by each "
+                "(1 = most robust). ")
+        text += ("Rankings that change: " + "; ".join(changes) + "." if changes
+                 else "No model's rank changes between plain PGD and the worst case.")
+        sections.insert(1, ("Most effective attack: ranking", text, ranking))
+    flags = masking_flags(everything, plan.data.info.num_classes)
+    sections.append(("Gradient-masking checks",
+                     "Each flag is a sign that an attack, not the model, may be weak for these numbers, with the "
+                     "evidence. No flag means none of the six checks fired on the attacks this suite ran."
+                     if flags else "None of the six checks fired on the attacks this suite ran.",
+                     flags_frame(flags)))
     if not moves.empty:
         for evaluation in dict.fromkeys(moves["evaluation"]):
             for eps in sorted(moves.loc[moves["evaluation"] == evaluation, "strength"].unique()):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from robustbench_sparse.diagnostics import ordering_flags
+from robustbench_sparse.diagnostics import masking_flags
 
 
 def _fmt(mean: float, std: float, count: int, digits: int) -> float | str:
@@ -34,10 +34,10 @@ def noise_scores(df: pd.DataFrame) -> pd.Series:
     return seed_stats(pixel, ["model"], "correct", scale=1.0, digits=0, reduce="sum").rename("noise score")
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
+def summary(df: pd.DataFrame, num_classes: int = 10) -> pd.DataFrame:
     """One row per model: clean accuracy, each evaluation at its strongest setting (%), the noise
-    score, and the masking flags raised."""
-    own = df[df["source"] == df["model"]]
+    score, and the masking flags raised (from `df`'s white-box and transfer records)."""
+    own = df[(df["source"] == df["model"]) & (df["kind"] != "gradients")]
     models = list(dict.fromkeys(own["model"]))
     table = pd.DataFrame(index=pd.Index(models, name="model"))
     for evaluation, group in own.groupby("evaluation", sort=False):
@@ -49,7 +49,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         pixel = own[own["kind"] == "pixel"]
         levels = pixel.groupby("evaluation")["strength"].nunique().sum()
         table[f"noise score (max {levels * int(pixel['n'].max())})"] = scores
-    flags = ordering_flags(own)
+    flags = masking_flags(df, num_classes)
     table["masking flags"] = [
         "; ".join(sorted({f.check for f in flags if f.model == m})) or "-" for m in models
     ]

@@ -192,7 +192,7 @@ def test_foolbox_and_torchattacks_agree_within_a_few_points(trained, mnist5k):
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ('kind = "pgdd"\neps = [0.1]', "unknown evaluation 'pgdd'; valid: clean, gaussian"),
+        ('kind = "pgdd"\neps = [0.1]', "unknown evaluation 'pgdd'; valid: clean, gradients, gaussian"),
         ('kind = "pgd"\neps = [0.1, -0.1]', "eps=-0.1 is out of range; valid: 0 <= eps <= 1"),
         ('kind = "pixel"\neta = [1.5]', "eta=1.5 is out of range; valid: 0 <= eta <= 1"),
         ('kind = "occlusion"\nsize = [40]', "size=40 is out of range; valid: an integer patch side"),
@@ -221,7 +221,8 @@ def test_untrained_models_are_refused_with_the_command_to_train(tiny_home):
 
 def _records(rows):
     return pd.DataFrame(
-        [{"model": m, "seed": 0, "evaluation": k, "kind": k, "strength": e, "accuracy": a, "source": m}
+        [{"model": m, "seed": 0, "evaluation": k, "kind": k, "strength": e, "accuracy": a, "source": m,
+          "spec": f"{k}(eps={e})"}
          for m, k, e, a in rows]
     )
 
@@ -237,4 +238,4 @@ def test_ordering_flags_fire_on_masking_patterns_only():
         ("k", "fgsm", 0.3, 0.5), ("k", "ifgsm", 0.3, 0.6), ("k", "pgd", 0.3, 0.6),
     ])
     checks = {f.check for f in ordering_flags(masked)}
-    assert checks == {"iterative weaker than one-step", "PGD weaker than I-FGSM", "accuracy rises with eps"}
+    assert checks == {"one-step beats iterative", "PGD weaker than I-FGSM", "accuracy rises with eps"}
