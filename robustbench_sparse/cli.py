@@ -163,6 +163,16 @@ def train(
     typer.echo(f"\ncheckpoints: {paths.checkpoints(dataset.value)}")
 
 
+def _plan(
+    dataset: Any, suite: str, models: str | None, seeds: str, device: Any, backend: Any,
+    home: Path | None, data_root: Path | None, download: bool,
+) -> Any:
+    from robustbench_sparse import harness
+
+    return harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value,
+                        backend.value if backend else None, home, data_root, download)
+
+
 @app.command()
 @_user_errors
 def evaluate(
@@ -181,10 +191,7 @@ def evaluate(
     from robustbench_sparse.diagnostics import flags_frame, masking_flags
     from robustbench_sparse.tables import summary
 
-    the_plan = harness.plan(
-        dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value,
-        backend.value if backend else None, home, data_root, download,
-    )
+    the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
     store = harness.store_path(the_plan.paths, dataset.value)
     try:
         frame = harness.run(the_plan)
@@ -219,10 +226,7 @@ def transfer(
     from robustbench_sparse import harness
     from robustbench_sparse.transfer import run_transfer, transfer_matrix
 
-    the_plan = harness.plan(
-        dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value,
-        backend.value if backend else None, home, data_root, download,
-    )
+    the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
     try:
         frame = run_transfer(the_plan)
     except KeyboardInterrupt:

@@ -114,7 +114,8 @@ def rank_table(records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     table.insert(2, "PGD %", [pgd[k] for k in keys])
     table.insert(3, "worst case %", [worst[k] for k in keys])
     table["strongest single attack"] = [strongest[k] for k in keys]
-    table = table.rename(columns={"strength": "ε"})
+    table = table.sort_values(["strength", "rank (worst case)", "rank (PGD)"], kind="stable").rename(
+        columns={"strength": "ε"})
     changes = [
         f"{r.model} at ε={r.strength:g}: {_ordinal(r['rank (PGD)'])} by PGD, {_ordinal(r['rank (worst case)'])} "
         "by the worst case"
@@ -254,7 +255,8 @@ def build_report(plan: harness.Plan) -> Report:
                                  f"{', '.join(plan.suite.transfer.ensemble) or 'no models'}.",
                                  matrix.reset_index()))
     for title, _, table in sections:
-        table.to_csv(tables_dir / f"{_slug(title)}.csv", index=False)
+        if not table.empty:
+            table.to_csv(tables_dir / f"{_slug(title)}.csv", index=False)
 
     figures = plot_sweeps(white, colours, figures_dir)
     if not moves.empty:
@@ -283,7 +285,9 @@ def _markdown(title: str, header: list[tuple[str, str]], sections: list[tuple[st
     lines += [f"| {k} | {v} |" for k, v in header]
     lines += ["", _missing_note(missing)]
     for heading, text, table in sections:
-        lines += [f"## {heading}", "", text, "", table.to_markdown(index=False), ""]
+        lines += [f"## {heading}", "", text, ""]
+        if not table.empty:
+            lines += [table.to_markdown(index=False), ""]
     lines += ["## Plots", ""]
     for path in figures:
         if path.suffix == ".png":
@@ -308,8 +312,9 @@ def _html(title: str, header: list[tuple[str, str]], sections: list[tuple[str, s
     if missing:
         parts.append(f"<p><strong>{missing} declared cells have no stored result yet.</strong></p>")
     for heading, text, table in sections:
-        parts += [f"<h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>",
-                  table.to_html(index=False, classes="results", na_rep="", border=0)]
+        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>")
+        if not table.empty:
+            parts.append(table.to_html(index=False, classes="results", na_rep="", border=0))
     parts.append("<h2>Plots</h2>")
     for path in figures:
         if path.suffix == ".png":
