@@ -65,7 +65,9 @@ def main() -> None:
         harness_s, bare_s = [], []
         for i in range(args.repeats):
             started = time.perf_counter()
-            frame = harness.run(plan, harness.ResultStore(Path(tmp) / f"run{i}.jsonl"))
+            # fresh store and adversarial cache: the harness crafts (and writes) the set every time
+            frame = harness.run(plan, harness.ResultStore(Path(tmp) / f"run{i}.jsonl"),
+                                harness.AdversarialCache(Path(tmp) / f"cache{i}"))
             harness_s.append(time.perf_counter() - started)
             started = time.perf_counter()
             bare_correct = bare_loop(model, x, y, args.batch)

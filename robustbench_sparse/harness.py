@@ -342,10 +342,10 @@ def plan(
     return Plan(paths, the_suite, specs, seeds, data, dev, checkpoints)
 
 
-def run(plan: Plan, store: ResultStore | None = None) -> pd.DataFrame:
+def run(plan: Plan, store: ResultStore | None = None, cache: AdversarialCache | None = None) -> pd.DataFrame:
     """Run every cell of the plan not already in the store; return the plan's records."""
     store = store or ResultStore(store_path(plan.paths, plan.data.info.name))
-    cache = adversarial_cache(plan.paths, plan.data.info.name)
+    cache = cache or adversarial_cache(plan.paths, plan.data.info.name)
     cells = plan.cells()
     todo = [c for c in cells if c.key not in store]
     x, y = plan.test_set()

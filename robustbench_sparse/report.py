@@ -56,15 +56,19 @@ def per_strength(white: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (%) per evaluation and strength (rows) for each model (columns)."""
     accuracies = white[white["kind"] != "gradients"]
     table = seed_stats(accuracies, ["evaluation", "strength", "model"]).unstack("model")
-    return table.reindex(columns=list(dict.fromkeys(white["model"])))
+    table = table.reindex(columns=list(dict.fromkeys(white["model"])))
+    table.columns.name = None
+    return table
 
 
 def sweep_means(white: pd.DataFrame) -> pd.DataFrame:
     """Mean accuracy (%) over each attack's eps sweep (eps > 0), per model."""
     attacked = white[white["kind"].isin(ATTACKS) & (white["strength"] > 0)]
     table = seed_stats(attacked, ["model", "evaluation"]).unstack("evaluation")
-    return table.reindex(index=list(dict.fromkeys(white["model"])),
-                         columns=list(dict.fromkeys(attacked["evaluation"])))
+    table = table.reindex(index=list(dict.fromkeys(white["model"])),
+                          columns=list(dict.fromkeys(attacked["evaluation"])))
+    table.columns.name = None
+    return table
 
 
 def worst_case_per_seed(records: pd.DataFrame) -> pd.DataFrame:
@@ -141,6 +145,8 @@ def plot_sweeps(white: pd.DataFrame, colours: dict[str, tuple[float, float, floa
         sns.lineplot(data=part, x="strength", y="accuracy (%)", hue="model", palette=colours, marker="o",
                      errorbar="sd", ax=ax, legend=False)
         ax.set_title(evaluation)
+        ax.set_xticks(sorted(part["strength"].unique()))
+        ax.tick_params(axis="x", labelrotation=45)
         ax.set_xlabel(UNITS.get(part["param"].iloc[0], part["param"].iloc[0]))
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
@@ -271,7 +277,12 @@ def build_report(plan: harness.Plan) -> Report:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_").replace("__", "_")
+    """An ASCII file name for a section title."""
+    text = text.lower().replace("ε", "eps")
+    slug = "".join(c if c.isascii() and c.isalnum() else "_" for c in text)
+    while "__" in slug:
+        slug = slug.replace("__", "_")
+    return slug.strip("_")
 
 
 def _missing_note(missing: int) -> str:
@@ -307,7 +318,7 @@ def _html(title: str, header: list[tuple[str, str]], sections: list[tuple[str, s
         ".meta td{text-align:left}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><table class='meta'>",
     ]
-    parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in header]
+    parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v.replace('`', ''))}</td></tr>" for k, v in header]
     parts.append("</table>")
     if missing:
         parts.append(f"<p><strong>{missing} declared cells have no stored result yet.</strong></p>")
