@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_sparse.runtime import UserError, eval_mode, stable_seed
+from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed
 from robustbench_sparse.sparse import kwinner_layers
 
 BACKENDS = ("torchattacks", "foolbox")
@@ -77,19 +77,39 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return others - true
 
 
-def _margin_pgd(model: nn.Module, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def batch_dependent(kind: str, params: dict[str, Any]) -> bool:
+    """Whether the attack's result for an image depends on the other images of its batch: true
+    where the library draws one batch-wide random tensor (torchattacks' and foolbox's PGD random
+    start, Square's random search, restarts run on the batch's survivors). Our own margin PGD
+    draws its start per image, and FGSM / I-FGSM / MI-FGSM are deterministic."""
+    if kind == "square":
+        return True
+    if kind != "pgd":
+        return False
+    if params.get("loss", "ce") == "margin":
+        return False
+    return bool(params.get("random_start", True)) or int(params.get("restarts", 1)) > 1
+
+
+def _margin_pgd(
+    model: nn.Module, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, image_seeds: list[int]
+) -> torch.Tensor:
     """L-inf PGD that ascends the margin loss.
 
     Hand-written because torchattacks.PGD hard-codes cross-entropy (and foolbox's LinfPGD too), and
     the margin is the loss that does not saturate when the softmax does. Same scheme as
     torchattacks.PGD: uniform random start in the ball, signed steps of alpha, projection onto the
-    eps-ball and [0, 1] after every step.
+    eps-ball and [0, 1] after every step. The start is drawn per image from its own seed, so the
+    result does not depend on the batch.
     """
     eps, alpha, steps = params["eps"], step_size(params), params["steps"]
     x, y = x.detach(), y.detach()
     adv = x.clone()
     if params.get("random_start", True):
-        adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
+        start = torch.stack([
+            torch.rand(x.shape[1:], generator=generator(s)) for s in image_seeds
+        ]).to(x) * (2 * eps) - eps
+        adv = (adv + start).clamp(0, 1)
     for _ in range(steps):
         adv.requires_grad_(True)
         with torch.enable_grad():
@@ -155,16 +175,18 @@ def _check_combination(kind: str, params: dict[str, Any]) -> str:
 
 
 def _attack_once(
-    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int, backend: str
+    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int, backend: str,
+    image_seeds: list[int],
 ) -> torch.Tensor:
-    """One run of the attack with every random draw seeded by `seed` (global RNG left untouched)."""
+    """One run of the attack with every random draw seeded by `seed` or, where the attack is our
+    own, by each image's seed (global RNG left untouched)."""
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         if backend == "foolbox":
             return _foolbox(model, kind, params, x, y)
         if kind == "pgd" and params.get("loss", "ce") == "margin":
-            return _margin_pgd(model, params, x, y)
+            return _margin_pgd(model, params, x, y, image_seeds)
         return _torchattacks(model, kind, params, seed)(x, y)
 
 
@@ -179,13 +201,18 @@ def _fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def craft(
-    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int
+    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int,
+    image_seeds: list[int] | None = None,
 ) -> torch.Tensor:
-    """Adversarial versions of x (model must already be in eval mode). Every random draw is seeded.
+    """Adversarial versions of x (model must already be in eval mode). Every random draw is seeded:
+    by `seed` for the whole batch, or per image by `image_seeds` (default: derived from `seed`)
+    where the attack is our own.
 
     With `restarts` > 1 the attack runs again with derived seeds on the samples not yet fooled;
     each sample keeps the first example that fools the model (else the last one tried).
     """
+    if image_seeds is None:
+        image_seeds = [stable_seed(seed, "image", i) for i in range(len(x))]
     if kind not in ATTACKS:
         raise ValueError(f"unknown attack {kind!r}; valid: {', '.join(ATTACKS)}")
     backend = _check_combination(kind, params)
@@ -195,14 +222,15 @@ def craft(
         return x.clone()
     restarts = int(params.get("restarts", 1))
     with bpda_backward(model, params.get("bpda", "none")):
-        adv = _attack_once(model, kind, params, x, y, restart_seed(seed, 0), backend).detach()
+        adv = _attack_once(model, kind, params, x, y, restart_seed(seed, 0), backend, image_seeds).detach()
         if restarts > 1:
             fooled = _fooled(model, adv, y)
             for r in range(1, restarts):
                 todo = (~fooled).nonzero().flatten()
                 if len(todo) == 0:
                     break
-                candidate = _attack_once(model, kind, params, x[todo], y[todo], restart_seed(seed, r), backend)
+                candidate = _attack_once(model, kind, params, x[todo], y[todo], restart_seed(seed, r), backend,
+                                         [restart_seed(image_seeds[i], r) for i in todo.tolist()])
                 adv[todo] = candidate.detach()  # fooled ones are kept; the rest take the newest try
                 fooled[todo] = _fooled(model, candidate, y[todo])
     check_budget(x, adv, params["eps"])

@@ -170,7 +170,16 @@ def _plan(
     from robustbench_sparse import harness
 
     return harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value,
-                        backend.value if backend else None, home, data_root, download)
+                        _backend(backend), home, data_root, download)
+
+
+def _backend(backend: Any) -> str | None:
+    return backend.value if backend else None
+
+
+def _print_notes(notes: tuple[str, ...]) -> None:
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -188,24 +197,25 @@ def evaluate(
 ) -> None:
     """Run an evaluation suite against the trained zoo; resumes, and reuses finished cells."""
     from robustbench_sparse import harness
-    from robustbench_sparse.diagnostics import flags_frame, masking_flags
+    from robustbench_sparse.diagnostics import masking_checks
     from robustbench_sparse.tables import summary
 
     the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
-    store = harness.store_path(the_plan.paths, dataset.value)
+    _print_notes(the_plan.setup.notes)
     try:
         frame = harness.run(the_plan)
     except KeyboardInterrupt:
-        _resumable(store)()
+        _resumable(harness.store_path(the_plan.paths, dataset.value))()
     csv_path, json_path = harness.export(frame, the_plan, "records")
-    typer.echo(f"\nsuite {the_plan.suite.name!r} on {dataset.value}, {the_plan.n} test images "
+    typer.echo(f"\nsuite {the_plan.setup.run_name!r} on {dataset.value}, {the_plan.n} test images "
                f"(accuracy % at each evaluation's strongest setting)\n")
-    _print_table(summary(frame, the_plan.data.info.num_classes))
-    flags = masking_flags(frame, the_plan.data.info.num_classes)
-    if flags:
+    _print_table(summary(frame, the_plan.info.num_classes))
+    checks = masking_checks(frame, the_plan.info.num_classes)
+    fired = checks[checks["status"] == "fired"]
+    if not fired.empty:
         typer.secho("\npossible gradient masking (the attack, not the model, may be weak):",
                     fg=typer.colors.YELLOW)
-        _print_table(flags_frame(flags))
+        _print_table(fired.drop(columns="status"))
     typer.echo(f"\nrecords: {csv_path}, {json_path}")
 
 
@@ -227,6 +237,7 @@ def transfer(
     from robustbench_sparse.transfer import run_transfer, transfer_matrix
 
     the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
+    _print_notes(the_plan.setup.notes)
     try:
         frame = run_transfer(the_plan)
     except KeyboardInterrupt:
@@ -246,6 +257,7 @@ def report(
     suite: SuiteOpt = "standard",
     models: ModelsOpt = None,
     seeds: SeedsOpt = "0",
+    backend: BackendOpt = None,
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
 ) -> None:
@@ -254,7 +266,8 @@ def report(
     from robustbench_sparse.report import build_report
 
     the_plan = harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), "cpu",
-                            None, home, data_root, False)
+                            _backend(backend), home, data_root, False)
+    _print_notes(the_plan.setup.notes)
     result = build_report(the_plan)
     if result.missing:
         typer.secho(f"{result.missing} declared cells have no stored result; run `rbs evaluate` and "
@@ -263,34 +276,13 @@ def report(
                f"{result.folder / 'figures'}")
 
 
-def _train_and_evaluate(
-    paths: Paths, dataset: str, suite: str, names: list[str] | None, seeds: list[int], device: str,
-    data_root: Path | None, download: bool, step: str = "",
-) -> tuple[Any, pd.DataFrame]:
-    """Train what is missing, then run (or reuse) the suite's cells. The suite is checked first,
-    so bad input costs no training."""
+def _interruptible(paths: Paths, dataset: str, call: Callable[[], Any]) -> Any:
     from robustbench_sparse import harness
-    from robustbench_sparse.data import dataset_info
-    from robustbench_sparse.suites import load_suite
-    from robustbench_sparse.train import train_zoo
-    from robustbench_sparse.zoo import load_zoo, select_models
 
-    specs = select_models(load_zoo(paths.zoo_spec), dataset, names)
-    load_suite(paths, suite, dataset_info(dataset))
-    dev = resolve_device(device)
-    typer.echo(f"{step}train (only what is missing)")
-    outcomes = train_zoo(paths, specs, dataset, lambda: load_dataset(dataset, data_root or default_data_root(), download),
-                         seeds, dev)
-    trained = sum(o.action != "cached" for o in outcomes)
-    typer.echo(f"    trained {trained}, cached {len(outcomes) - trained}")
-    the_plan = harness.plan(dataset, suite, names, seeds, device, None, paths.home, data_root, download)
-    typer.echo(f"{step}evaluate (suite {suite!r}, {the_plan.n} test images)")
     try:
-        frame = harness.run(the_plan)
+        return call()
     except KeyboardInterrupt:
         _resumable(harness.store_path(paths, dataset))()
-    harness.export(frame, the_plan, "records")
-    return the_plan, frame
 
 
 @app.command()
@@ -300,33 +292,22 @@ def benchmark(
     suite: SuiteOpt = "standard",
     models: ModelsOpt = None,
     seeds: SeedsOpt = "0",
+    backend: BackendOpt = None,
     device: DeviceOpt = AUTO,
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
 ) -> None:
     """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything."""
-    from robustbench_sparse import harness
-    from robustbench_sparse.report import build_report
+    from robustbench_sparse import pipeline
     from robustbench_sparse.tables import summary
-    from robustbench_sparse.transfer import run_transfer
 
-    paths = _paths(home)
-    the_plan, frame = _train_and_evaluate(paths, dataset.value, suite, parse_names(models), parse_seeds(seeds),
-                                          device.value, data_root, download, step="1-2/4 ")
-    if the_plan.suite.transfer_cells():
-        typer.echo("3/4 transfer")
-        try:
-            harness.export(run_transfer(the_plan), the_plan, "transfer")
-        except KeyboardInterrupt:
-            _resumable(harness.store_path(paths, dataset.value))()
-    else:
-        typer.echo("3/4 transfer: the suite declares none")
-    typer.echo("4/4 report")
-    result = build_report(the_plan)
+    result = _interruptible(_paths(home), dataset.value, lambda: pipeline.benchmark(
+        dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value, _backend(backend), home,
+        data_root, download, echo=typer.echo))
     typer.echo("")
-    _print_table(summary(frame))
-    typer.echo(f"\nreport: {result.markdown}\n        {result.html}")
+    _print_table(summary(result.records, result.plan.info.num_classes))
+    typer.echo(f"\nreport: {result.report.markdown}\n        {result.report.html}")
 
 
 @app.command()
@@ -337,70 +318,69 @@ def baseline(
     suite: SuiteOpt = "quick",
     models: ModelsOpt = None,
     seeds: SeedsOpt = "0",
+    backend: BackendOpt = None,
     device: DeviceOpt = AUTO,
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
 ) -> None:
-    """Write a robustness baseline (per model, evaluation and strength: accuracy, mean and std over seeds)."""
-    from robustbench_sparse.regression import make_baseline, write_baseline
+    """Write a robustness baseline (per model, evaluation and strength: accuracy, mean and std over
+    seeds; and the masking checks that fired)."""
+    from robustbench_sparse import pipeline
 
-    the_plan, frame = _train_and_evaluate(_paths(home), dataset.value, suite, parse_names(models),
-                                          parse_seeds(seeds), device.value, data_root, download)
-    doc = make_baseline(frame, the_plan)
-    write_baseline(doc, out)
-    typer.echo(f"baseline: {len(doc['cells'])} cells, {len(the_plan.specs)} models, seeds {the_plan.seeds} -> {out}")
+    doc = _interruptible(_paths(home), dataset.value, lambda: pipeline.baseline(
+        out, dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value, _backend(backend), home,
+        data_root, download, echo=typer.echo))
+    typer.echo(f"baseline: {len(doc['cells'])} cells, {len(doc['models'])} models, seeds {doc['seeds']} -> {out}")
 
 
 @app.command()
 @_user_errors
 def check(
     baseline: Annotated[Path, typer.Option(help="Baseline JSON written by `rbs baseline`.")],
-    tolerance: Annotated[float, typer.Option(help="Allowed drop in accuracy points.")] = 1.0,
+    tolerance: Annotated[float, typer.Option(help="Allowed change in accuracy points.")] = 1.0,
     sigma: Annotated[float | None, typer.Option(
-        help="Allowed drop in baseline standard deviations (needs a multi-seed baseline); "
+        help="Allowed change in baseline standard deviations (needs a multi-seed baseline); "
              "with --tolerance, the larger of the two.")] = None,
     allow_missing: Annotated[bool, typer.Option(help="Do not fail on cells missing on either side.")] = False,
+    allow_rise: Annotated[bool, typer.Option(
+        help="Do not fail when an attack's accuracy rose beyond the allowed change (listed as suspicious: "
+             "a weaker attack or masked gradients look like robustness).")] = False,
     dataset: Annotated[DatasetName | None, typer.Option(help="Must match the baseline's, if given.")] = None,
     suite: Annotated[str | None, typer.Option(help="Must match the baseline's, if given.")] = None,
+    backend: Annotated[BackendName | None, typer.Option(help="Must match the baseline's, if given.")] = None,
     device: DeviceOpt = AUTO,
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
 ) -> None:
-    """Re-run (or reuse) the baseline's evaluations; exit 1 if any accuracy fell beyond tolerance."""
-    from robustbench_sparse.regression import compare, read_baseline
+    """Re-run (or reuse) the baseline's evaluations on its models and seeds; exit 1 on a drop beyond
+    tolerance, a masking check that newly fires, or a suspicious rise under attack."""
+    from robustbench_sparse import pipeline
 
-    doc = read_baseline(baseline)
-    if dataset is not None and dataset.value != doc["dataset"]:
-        raise UserError(f"--dataset {dataset.value} differs from the baseline's {doc['dataset']!r}")
-    if suite is not None and suite != doc["suite"]:
-        raise UserError(f"--suite {suite} differs from the baseline's {doc['suite']!r}")
-    if tolerance < 0 or (sigma is not None and sigma < 0):
-        raise UserError("--tolerance and --sigma must be >= 0")
-    if sigma is not None and len(doc["seeds"]) < 2:
-        raise UserError("--sigma needs a baseline over several seeds (this one has one); use --tolerance")
-    if doc["dataset"] not in DATASETS:
-        raise UserError(f"the baseline's dataset {doc['dataset']!r} is unknown; valid: {', '.join(DATASETS)}")
-    the_plan, frame = _train_and_evaluate(_paths(home), doc["dataset"], doc["suite"], None, list(doc["seeds"]),
-                                          device.value, data_root, download)
-    if (the_plan.n, the_plan.suite.seed) != (doc["test_size"], doc["eval_seed"]):
-        raise UserError(f"the suite {doc['suite']!r} changed since the baseline (test size / seed "
-                        f"{the_plan.n}/{the_plan.suite.seed} vs {doc['test_size']}/{doc['eval_seed']}); "
-                        "regenerate the baseline")
-    result = compare(doc, frame, tolerance, sigma)
+    doc, result = _interruptible(_paths(home), dataset.value if dataset else "mnist5k", lambda: pipeline.check(
+        baseline, tolerance, sigma, dataset.value if dataset else None, suite, _backend(backend), device.value,
+        home, data_root, download, echo=typer.echo))
     typer.echo(f"\ncompared {result.compared} cells with {baseline} ({doc['dataset']}, suite {doc['suite']}, "
-               f"seeds {doc['seeds']})")
+               f"models {', '.join(doc['models'])}, seeds {doc['seeds']})")
     if not result.improvements.empty:
-        typer.echo("\nimproved (passes):")
+        typer.echo("\nimproved under noise (passes):")
         _print_table(result.improvements)
     if result.missing:
         typer.secho(f"\nmissing cells{' (allowed)' if allow_missing else ''}:", fg=typer.colors.YELLOW)
         typer.echo("\n".join(f"  {m}" for m in result.missing))
+    if not result.rises.empty:
+        typer.secho(f"\nSUSPICIOUS: accuracy under attack rose beyond the allowed change"
+                    f"{' (allowed by --allow-rise)' if allow_rise else ''}; a weaker attack or masked gradients "
+                    "look like robustness", fg=typer.colors.YELLOW if allow_rise else typer.colors.RED)
+        _print_table(result.rises)
+    if not result.new_flags.empty:
+        typer.secho("\nNEW MASKING FLAGS: checks that fire now and did not in the baseline", fg=typer.colors.RED)
+        _print_table(result.new_flags)
     if not result.regressions.empty:
         typer.secho("\nREGRESSIONS: accuracy fell beyond the allowed drop", fg=typer.colors.RED)
         _print_table(result.regressions)
-    if not result.passed(allow_missing):
+    if not result.passed(allow_missing, allow_rise):
         raise typer.Exit(1)
     typer.secho("\nrobustness check passed", fg=typer.colors.GREEN)
 
@@ -425,3 +405,7 @@ def evaluations() -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m robustbench_sparse.cli`
+    main()

@@ -22,19 +22,32 @@ import numpy as np
 import pandas as pd
 
 from robustbench_sparse.attacks import ATTACKS
+from robustbench_sparse.cells import decode_flags
 from robustbench_sparse.evaluations import parse_spec
 
 LABELS = {"fgsm": "FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd": "PGD", "square": "Square"}
-CHECKS = (
-    "one-step beats iterative",
-    "PGD weaker than I-FGSM",
-    "accuracy rises with eps",
-    "more effort does not help",
-    "unbounded eps does not break it",
-    "black-box or transfer beats white-box",
-    "BPDA beats plain gradients",
-    "dead gradients",
-)
+# The six checks: name, and what a suite must run for each (shown when it could not run).
+CHECK_NEEDS = {
+    1: ("one-step beats iterative", "FGSM beside I-FGSM or PGD at one eps, or an attack swept over two eps"),
+    2: ("more effort does not help",
+        "PGD, PGD with >= 5x steps x restarts, and Square, BPDA or transfer at one eps < 1"),
+    3: ("unbounded eps does not break it", "PGD at eps = 1"),
+    4: ("black-box or transfer beats white-box", "PGD beside Square or a transfer attack at one eps"),
+    5: ("BPDA beats plain gradients", "PGD beside BPDA PGD (bpda = relu) at one eps"),
+    6: ("dead gradients", "a `gradients` evaluation"),
+}
+# Each flag's check number (check 1 has three forms).
+CHECK_OF = {
+    "one-step beats iterative": 1,
+    "PGD weaker than I-FGSM": 1,
+    "accuracy rises with eps": 1,
+    "more effort does not help": 2,
+    "unbounded eps does not break it": 3,
+    "black-box or transfer beats white-box": 4,
+    "BPDA beats plain gradients": 5,
+    "dead gradients": 6,
+}
+CHECKS = tuple(CHECK_OF)
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,11 @@ def _params(spec: str) -> dict[str, Any]:
     return parse_spec(spec)[1]
 
 
+def _true_gradients(records: pd.DataFrame) -> pd.Series:
+    """A mask (aligned with `records`, also when empty) of the records without BPDA."""
+    return records["spec"].map(lambda s: _params(s).get("bpda", "none") == "none").astype(bool)
+
+
 def _pct(x: float) -> str:
     return f"{x:.1f}%"
 
@@ -65,7 +83,7 @@ def ordering_flags(df: pd.DataFrame, tolerance: float = 2.0, monotone_tolerance:
     flags = []
     wb = white_box(df)
     if "spec" in wb.columns:
-        wb = wb[[_params(s).get("bpda", "none") == "none" for s in wb["spec"]]]
+        wb = wb[_true_gradients(wb)]
     for (model, seed), group in wb.groupby(["model", "seed"], sort=False):
         for evaluation, sweep in group.groupby("evaluation", sort=False):
             sweep = sweep.sort_values("strength")
@@ -113,61 +131,136 @@ def _pgd_roles(own: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
 
 def _survivors(group: pd.DataFrame) -> float:
     """Per-sample worst case (%) over the records of one model at one eps."""
-    from robustbench_sparse.harness import decode_flags
-
     n = int(group["n"].iloc[0])
     return float(np.logical_and.reduce([decode_flags(f, n) for f in group["flags"]]).mean() * 100)
 
 
-def masking_flags(df: pd.DataFrame, num_classes: int = 10, tolerance: float = 2.0,
-                  bpda_tolerance: float = 3.0, dead_share: float = 0.01) -> list[Flag]:
-    """All six checks, per model and seed. `df` holds white-box records and transfer records
-    (targets = `model`, crafted on `source`)."""
+def _plain_at(plain: pd.DataFrame) -> dict[float, float]:
+    return (plain.groupby("strength")["accuracy"].min() * 100).to_dict()
+
+
+def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, tolerance: float,
+                  bpda_tolerance: float, dead_share: float) -> tuple[list[Flag], set[int]]:
+    """Checks 2-6 on one model's records: the flags raised, and which checks had what they need."""
+    flags: list[Flag] = []
+    ran: set[int] = set()
+    own = records[records["source"] == model]
+    plain, strong, bpda = _pgd_roles(own)
+    plain_at = _plain_at(plain)
+    for eps, acc in plain_at.items():
+        if eps >= 0.99:
+            ran.add(3)
+            if acc > chance:
+                flags.append(Flag(model, seed, "unbounded eps does not break it",
+                                  f"PGD at eps={eps:g} leaves {_pct(acc)} (chance: {_pct(chance)})"))
+    # Attacks that do not follow the model's own gradients: Square, transfer, BPDA.
+    others = records[records["kind"].isin(ATTACKS) & ((records["kind"] == "square") | (records["source"] != model))]
+    detour = pd.concat([others, bpda], ignore_index=True)
+    for eps, part in strong.groupby("strength"):
+        around = detour[detour["strength"] == eps]
+        if eps not in plain_at or eps >= 0.99 or around.empty:
+            continue
+        ran.add(2)
+        stronger = part["accuracy"].min() * 100
+        best = around.iloc[around["accuracy"].to_numpy().argmin()]
+        if stronger > plain_at[eps] - 0.5 and best["accuracy"] * 100 < stronger - tolerance:
+            flags.append(Flag(model, seed, "more effort does not help",
+                              f"PGD x{int(part['effort'].max() // plain['effort'].min())} effort "
+                              f"{_pct(stronger)} vs PGD {_pct(plain_at[eps])} at eps={eps:g}, while "
+                              f"{best['evaluation']} from {best['source']} leaves {_pct(best['accuracy'] * 100)}"))
+    for eps, part in others.groupby("strength"):
+        if eps not in plain_at:
+            continue
+        ran.add(4)
+        worst = part.iloc[part["accuracy"].to_numpy().argmin()]
+        if worst["accuracy"] * 100 < plain_at[eps] - tolerance:
+            how = "Square" if worst["source"] == model else f"{LABELS.get(worst['kind'], worst['kind'])} from {worst['source']}"
+            flags.append(Flag(model, seed, "black-box or transfer beats white-box",
+                              f"{how} {_pct(worst['accuracy'] * 100)} < white-box PGD {_pct(plain_at[eps])} "
+                              f"at eps={eps:g}"))
+    for eps, part in bpda.groupby("strength"):
+        if eps not in plain_at:
+            continue
+        ran.add(5)
+        if part["accuracy"].min() * 100 < plain_at[eps] - bpda_tolerance:
+            row = part.iloc[part["accuracy"].to_numpy().argmin()]
+            flags.append(Flag(model, seed, "BPDA beats plain gradients",
+                              f"BPDA ({row['bpda']}) PGD {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} "
+                              f"at eps={eps:g}"))
+    for _, row in own[own["kind"] == "gradients"].iterrows():
+        ran.add(6)
+        dead = 1 - row["accuracy"]
+        if dead > dead_share:
+            flags.append(Flag(model, seed, "dead gradients",
+                              f"{_pct(dead * 100)} of {row['n']} inputs have a zero or non-finite input gradient"))
+    return flags, ran
+
+
+def _ordering_ran(records: pd.DataFrame, model: str) -> bool:
+    """Check 1 has what it needs: FGSM beside I-FGSM or PGD (or I-FGSM beside PGD) at one eps > 0,
+    or a white-box gradient attack swept over two eps."""
+    wb = white_box(records[records["model"] == model])
+    wb = wb[_true_gradients(wb) & (wb["kind"] != "square")]
+    if (wb.groupby("evaluation")["strength"].nunique() >= 2).any():
+        return True
+    kinds_at = wb[wb["strength"] > 0].groupby("strength")["kind"].agg(set)
+    return any(len(k & {"fgsm", "ifgsm", "pgd"}) >= 2 for k in kinds_at)
+
+
+def _statuses(df: pd.DataFrame, num_classes: int, tolerance: float, bpda_tolerance: float,
+              dead_share: float) -> tuple[list[Flag], list[dict[str, Any]]]:
+    if df.empty:
+        return [], []
     flags = ordering_flags(df, tolerance)
+    rows = []
     chance = 100 / num_classes
     for (model, seed), records in df.groupby(["model", "seed"], sort=False):
-        own = records[records["source"] == model]
-        plain, strong, bpda = _pgd_roles(own)
-        plain_at = (plain.groupby("strength")["accuracy"].min() * 100).to_dict()
-        for eps, acc in plain_at.items():
-            if eps >= 0.99 and acc > chance:
-                flags.append(Flag(model, int(seed), "unbounded eps does not break it",
-                                  f"PGD at eps={eps:g} leaves {_pct(acc)} (chance: {_pct(chance)})"))
-        # Attacks that do not follow the model's own gradients: Square, transfer, BPDA.
-        others = records[records["kind"].isin(ATTACKS) & ((records["kind"] == "square") | (records["source"] != model))]
-        detour = pd.concat([others, bpda], ignore_index=True)
-        for eps, part in strong.groupby("strength"):
-            around = detour[detour["strength"] == eps]
-            if eps not in plain_at or eps >= 0.99 or around.empty:
-                continue
-            stronger = part["accuracy"].min() * 100
-            best = around.iloc[around["accuracy"].to_numpy().argmin()]
-            if stronger > plain_at[eps] - 0.5 and best["accuracy"] * 100 < stronger - tolerance:
-                flags.append(Flag(model, int(seed), "more effort does not help",
-                                  f"PGD x{int(part['effort'].max() // plain['effort'].min())} effort "
-                                  f"{_pct(stronger)} vs PGD {_pct(plain_at[eps])} at eps={eps:g}, while "
-                                  f"{best['evaluation']} from {best['source']} leaves {_pct(best['accuracy'] * 100)}"))
-        for eps, part in others.groupby("strength"):
-            if eps not in plain_at:
-                continue
-            worst = part.iloc[part["accuracy"].to_numpy().argmin()]
-            if worst["accuracy"] * 100 < plain_at[eps] - tolerance:
-                how = "Square" if worst["source"] == model else f"{LABELS.get(worst['kind'], worst['kind'])} from {worst['source']}"
-                flags.append(Flag(model, int(seed), "black-box or transfer beats white-box",
-                                  f"{how} {_pct(worst['accuracy'] * 100)} < white-box PGD {_pct(plain_at[eps])} "
-                                  f"at eps={eps:g}"))
-        for eps, part in bpda.groupby("strength"):
-            if eps in plain_at and part["accuracy"].min() * 100 < plain_at[eps] - bpda_tolerance:
-                row = part.iloc[part["accuracy"].to_numpy().argmin()]
-                flags.append(Flag(model, int(seed), "BPDA beats plain gradients",
-                                  f"BPDA ({row['bpda']}) PGD {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} "
-                                  f"at eps={eps:g}"))
-        for _, row in own[own["kind"] == "gradients"].iterrows():
-            dead = 1 - row["accuracy"]
-            if dead > dead_share:
-                flags.append(Flag(model, int(seed), "dead gradients",
-                                  f"{_pct(dead * 100)} of {row['n']} inputs have a zero or non-finite input gradient"))
-    return flags
+        found, ran = _model_checks(records, model, int(seed), chance, tolerance, bpda_tolerance, dead_share)
+        if _ordering_ran(records, model):
+            ran.add(1)
+        flags += found
+        mine = [f for f in flags if f.model == model and f.seed == int(seed)]
+        for number, (name, needs) in CHECK_NEEDS.items():
+            fired = [f for f in mine if CHECK_OF[f.check] == number]
+            status = "fired" if fired else ("passed" if number in ran else "not run")
+            detail = ("; ".join(f"{f.check}: {f.evidence}" for f in fired) if fired
+                      else "" if status == "passed" else f"needs {needs}")
+            rows.append({"model": model, "seed": int(seed), "check": f"{number}. {name}", "status": status,
+                         "evidence / needs": detail})
+    return flags, rows
+
+
+def masking_flags(df: pd.DataFrame, num_classes: int = 10, tolerance: float = 2.0,
+                  bpda_tolerance: float = 3.0, dead_share: float = 0.01) -> list[Flag]:
+    """The flags raised by the six checks, per model and seed. `df` holds white-box records and
+    transfer records (targets = `model`, crafted on `source`)."""
+    return _statuses(df, num_classes, tolerance, bpda_tolerance, dead_share)[0]
+
+
+def masking_checks(df: pd.DataFrame, num_classes: int = 10, tolerance: float = 2.0,
+                   bpda_tolerance: float = 3.0, dead_share: float = 0.01) -> pd.DataFrame:
+    """Each of the six checks per model and seed: fired (with its evidence), passed, or not run
+    (with the evaluations it needs)."""
+    rows = _statuses(df, num_classes, tolerance, bpda_tolerance, dead_share)[1]
+    return pd.DataFrame(rows, columns=["model", "seed", "check", "status", "evidence / needs"])
+
+
+def check_summary(checks: pd.DataFrame, model: str) -> str:
+    """One model's six statuses in one cell: fired checks by name, the others by number
+    (a check counts as fired when it fired for any seed)."""
+    mine = checks[checks["model"] == model]
+    if mine.empty:
+        return "not run (no records)"
+    by_check = mine.groupby("check", sort=False)["status"].agg(set)
+    fired = [c.split(". ", 1)[1] for c, s in by_check.items() if "fired" in s]
+    passed = [c.split(".")[0] for c, s in by_check.items() if "fired" not in s and "passed" in s]
+    not_run = [c.split(".")[0] for c, s in by_check.items() if s == {"not run"}]
+    parts = [f"fired: {', '.join(fired)}" if fired else "none fired"]
+    if passed:
+        parts.append(f"passed: {', '.join(passed)}")
+    if not_run:
+        parts.append(f"not run: {', '.join(not_run)}")
+    return "; ".join(parts)
 
 
 def flags_frame(flags: list[Flag]) -> pd.DataFrame:

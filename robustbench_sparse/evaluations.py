@@ -19,7 +19,7 @@ from torch import nn
 
 from robustbench_sparse import attacks, noise
 from robustbench_sparse.data import DatasetInfo
-from robustbench_sparse.runtime import UserError
+from robustbench_sparse.runtime import UserError, generator
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ def _foolbox_pgd_needs_ce(params: dict[str, Any]) -> str | None:
     return None
 
 
+ACCURACY = "accuracy"
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str
@@ -66,24 +69,38 @@ class Kind:
     params: dict[str, Param] = field(default_factory=dict)
     # Checks across parameters: each returns a message when the combination is refused.
     constraints: tuple[Callable[[dict[str, Any]], str | None], ...] = ()
+    # What a record's number measures: accuracy for every perturbation; other metrics are kept
+    # apart from accuracies in tables and checks.
+    metric: str = ACCURACY
+    # The random-noise kinds: (x, params, info, per-image generators) -> perturbed x.
+    noise: Callable[[torch.Tensor, dict[str, Any], DatasetInfo, list[torch.Generator]], torch.Tensor] | None = None
 
     @property
     def adversarial(self) -> bool:
         return self.name in attacks.ATTACKS
+
+    def batch_dependent(self, params: dict[str, Any]) -> bool:
+        """Whether the number depends on how the test set is cut into batches: only for attacks
+        whose library draws its randomness for a whole batch from one generator."""
+        return self.adversarial and attacks.batch_dependent(self.name, params)
 
 
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in [
         Kind("clean", "no perturbation", None),
-        Kind("gradients", "share of inputs whose input gradient is non-zero and finite (not an accuracy)", None),
-        Kind("gaussian", "x + sigma N(0,1), clipped", "sigma", {"sigma": Param(0.0, _number(0), "sigma >= 0")}),
-        Kind("blend", "(1 - eta) x + eta U(0,1)", "eta", {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")}),
+        Kind("gradients", "share of inputs whose input gradient is non-zero and finite (not an accuracy)", None,
+             metric="live-gradient share"),
+        Kind("gaussian", "x + sigma N(0,1), clipped", "sigma", {"sigma": Param(0.0, _number(0), "sigma >= 0")},
+             noise=lambda x, p, info, gens: noise.gaussian_noise(x, p["sigma"], gens)),
+        Kind("blend", "(1 - eta) x + eta U(0,1)", "eta", {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")},
+             noise=lambda x, p, info, gens: noise.blend_noise(x, p["eta"], gens)),
         Kind(
             "pixel",
             "floor(eta * pixels) pixels set to mean + 2 std (the paper's protocol)",
             "eta",
             {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")},
+            noise=lambda x, p, info, gens: noise.pixel_noise(x, p["eta"], _paper_value(info), gens),
         ),
         Kind(
             "occlusion",
@@ -97,6 +114,7 @@ KINDS: dict[str, Kind] = {
                 ),
                 "fill": Param("zero", _choice("zero", "noise"), "zero or noise"),
             },
+            noise=lambda x, p, info, gens: noise.occlusion(x, p["size"], gens, p["fill"]),
         ),
         Kind("fgsm", "one signed-gradient step of size eps", "eps", {"eps": EPS, "backend": BACKEND, "bpda": BPDA}),
         Kind(
@@ -214,6 +232,11 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
+def _paper_value(info: DatasetInfo) -> torch.Tensor:
+    """The paper's pixel-noise value per channel: the dataset's mean + 2 std, at most 1."""
+    return (torch.tensor(info.mean) + 2 * torch.tensor(info.std)).clamp(max=1.0)
+
+
 def perturb(
     kind_name: str,
     params: dict[str, Any],
@@ -221,22 +244,16 @@ def perturb(
     x: torch.Tensor,
     y: torch.Tensor,
     info: DatasetInfo,
-    g: torch.Generator,
+    image_seeds: list[int],
     attack_seed: int,
 ) -> torch.Tensor:
-    """The perturbed batch for one evaluation (model in eval mode)."""
-    if kind_name in attacks.ATTACKS:
-        return attacks.craft(model, kind_name, params, x, y, attack_seed)
+    """The perturbed batch for one evaluation (model in eval mode). Random noise is drawn per
+    image from `image_seeds`, so a number never depends on the batch size; attacks get
+    `attack_seed` (for libraries that draw per batch) and the per-image seeds."""
+    kind = kind_of(kind_name)
+    if kind.adversarial:
+        return attacks.craft(model, kind_name, params, x, y, attack_seed, image_seeds)
+    if kind.noise is None:  # clean
+        return x
     with torch.inference_mode():
-        if kind_name == "clean":
-            return x
-        if kind_name == "gaussian":
-            return noise.gaussian_noise(x, params["sigma"], g)
-        if kind_name == "blend":
-            return noise.blend_noise(x, params["eta"], g)
-        if kind_name == "pixel":
-            value = (torch.tensor(info.mean) + 2 * torch.tensor(info.std)).clamp(max=1.0)
-            return noise.pixel_noise(x, params["eta"], value, g)
-        if kind_name == "occlusion":
-            return noise.occlusion(x, params["size"], g, params["fill"])
-    raise UserError(f"unknown evaluation {kind_name!r}; valid: {', '.join(KINDS)}")
+        return kind.noise(x, params, info, [generator(s) for s in image_seeds])

@@ -1,50 +1,72 @@
-"""Random perturbations in [0, 1] pixel space. Each draws only from the generator it is given."""
+"""Random perturbations in [0, 1] pixel space.
+
+Every function takes one private generator per image and draws that image's noise from it alone,
+so an image's noise depends on its own seed, never on the batch it happens to be evaluated in (a
+GPU run with large batches gives the numbers of a CPU run with small ones).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-
-def _uniform(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(x.shape, generator=g, device=g.device).to(x.device)
+Generators = list[torch.Generator]
 
 
-def gaussian_noise(x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
+def _per_image(x: torch.Tensor, gens: Generators, draw: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
+    if len(gens) != len(x):
+        raise ValueError(f"{len(x)} images but {len(gens)} generators: one generator per image")
+    if not gens:
+        return torch.zeros((0,), device=x.device)
+    return torch.stack([draw(g) for g in gens]).to(x.device)
+
+
+def gaussian_noise(x: torch.Tensor, sigma: float, gens: Generators) -> torch.Tensor:
     """x' = clamp(x + sigma * N(0, 1), 0, 1)."""
-    noise = torch.randn(x.shape, generator=g, device=g.device).to(x.device)
+    if not len(x):
+        return x.clone()
+    noise = _per_image(x, gens, lambda g: torch.randn(x.shape[1:], generator=g))
     return (x + sigma * noise).clamp(0, 1)
 
 
-def blend_noise(x: torch.Tensor, eta: float, g: torch.Generator) -> torch.Tensor:
+def blend_noise(x: torch.Tensor, eta: float, gens: Generators) -> torch.Tensor:
     """The paper's audio protocol on images: x' = (1 - eta) x + eta u, u uniform white noise."""
-    return (1 - eta) * x + eta * _uniform(x, g)
+    if not len(x):
+        return x.clone()
+    return (1 - eta) * x + eta * _per_image(x, gens, lambda g: torch.rand(x.shape[1:], generator=g))
 
 
-def pixel_noise(x: torch.Tensor, eta: float, value: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def pixel_noise(x: torch.Tensor, eta: float, value: torch.Tensor, gens: Generators) -> torch.Tensor:
     """The paper's MNIST protocol: per image, exactly floor(eta * H * W) positions chosen without
     replacement are set to `value` (per channel: the dataset's mean + 2 std)."""
     b, c, h, w = x.shape
     count = int(eta * h * w + 1e-9)
-    if count == 0:
+    if count == 0 or b == 0:
         return x.clone()
-    order = torch.rand(b, h * w, generator=g, device=g.device).argsort(dim=1)[:, :count].to(x.device)
+    order = _per_image(x, gens, lambda g: torch.randperm(h * w, generator=g)[:count])
     hit = torch.zeros(b, h * w, dtype=torch.bool, device=x.device).scatter_(1, order, True)
     hit = hit.view(b, 1, h, w)
     return torch.where(hit, value.view(1, c, 1, 1).to(x), x)
 
 
-def occlusion(x: torch.Tensor, size: int, g: torch.Generator, fill: str = "zero") -> torch.Tensor:
+def occlusion(x: torch.Tensor, size: int, gens: Generators, fill: str = "zero") -> torch.Tensor:
     """A size x size square at a uniformly random position per image, filled with 0 or uniform noise."""
     b, _, h, w = x.shape
-    if size == 0:
+    if size == 0 or b == 0:
         return x.clone()
-    top = torch.randint(0, h - size + 1, (b,), generator=g, device=g.device).to(x.device)
-    left = torch.randint(0, w - size + 1, (b,), generator=g, device=g.device).to(x.device)
+    corner = _per_image(x, gens, lambda g: torch.stack([
+        torch.randint(0, h - size + 1, (), generator=g), torch.randint(0, w - size + 1, (), generator=g)]))
+    top, left = corner[:, 0], corner[:, 1]
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (
         (rows >= top.view(b, 1, 1)) & (rows < (top + size).view(b, 1, 1))
         & (cols >= left.view(b, 1, 1)) & (cols < (left + size).view(b, 1, 1))
     ).unsqueeze(1)
-    filler = _uniform(x, g) if fill == "noise" else torch.zeros_like(x)
+    if fill == "noise":
+        # Drawn after the corner from the same per-image generator.
+        filler = _per_image(x, gens, lambda g: torch.rand(x.shape[1:], generator=g))
+    else:
+        filler = torch.zeros_like(x)
     return torch.where(inside, filler, x)

@@ -22,10 +22,12 @@ import seaborn as sns
 
 from robustbench_sparse import harness
 from robustbench_sparse.attacks import ATTACKS
-from robustbench_sparse.diagnostics import flags_frame, masking_flags, most_effective
-from robustbench_sparse.runtime import library_versions
-from robustbench_sparse.tables import seed_stats, summary
-from robustbench_sparse.transfer import ENSEMBLE, transfer_cells, transfer_matrix
+from robustbench_sparse.cells import decode_flags, environment
+from robustbench_sparse.diagnostics import masking_checks, most_effective
+from robustbench_sparse.executor import ENSEMBLE
+from robustbench_sparse.runtime import UserError, library_versions
+from robustbench_sparse.tables import accuracies, seed_stats, summary
+from robustbench_sparse.transfer import transfer_cells, transfer_matrix
 
 SEEDS_NOTE = "; with several training seeds: mean ± std over seeds"
 
@@ -54,8 +56,7 @@ def palette(models: list[str]) -> dict[str, tuple[float, float, float]]:
 
 def per_strength(white: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (%) per evaluation and strength (rows) for each model (columns)."""
-    accuracies = white[white["kind"] != "gradients"]
-    table = seed_stats(accuracies, ["evaluation", "strength", "model"]).unstack("model")
+    table = seed_stats(accuracies(white), ["evaluation", "strength", "model"]).unstack("model")
     table = table.reindex(columns=list(dict.fromkeys(white["model"])))
     table.columns.name = None
     return table
@@ -79,7 +80,7 @@ def worst_case_per_seed(records: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, seed, eps), group in attacked.groupby(["model", "seed", "strength"], sort=False):
         n = int(group["n"].iloc[0])
-        survives = np.logical_and.reduce([harness.decode_flags(f, n) for f in group["flags"]])
+        survives = np.logical_and.reduce([decode_flags(f, n) for f in group["flags"]])
         rows.append({"model": model, "seed": seed, "strength": eps, "accuracy": float(survives.mean()),
                      "attacks": len(group)})
     return pd.DataFrame(rows, columns=["model", "seed", "strength", "accuracy", "attacks"])
@@ -134,7 +135,8 @@ def _ordinal(n: int) -> str:
 
 def plot_sweeps(white: pd.DataFrame, colours: dict[str, tuple[float, float, float]], folder: Path) -> list[Path]:
     """Accuracy vs strength, one panel per evaluation, one line per model."""
-    data = white[(white["param"] != "") & (white["kind"] != "gradients")].copy()
+    data = accuracies(white)
+    data = data[data["param"] != ""].copy()
     data["accuracy (%)"] = data["accuracy"] * 100
     evaluations = list(dict.fromkeys(data["evaluation"]))
     cols = min(4, len(evaluations))
@@ -193,33 +195,36 @@ def _header(plan: harness.Plan) -> list[tuple[str, str]]:
     versions = library_versions()
     hashes = ", ".join(f"{m} (seed {s}): `{h[:12]}`" for (m, s), h in plan.checkpoints.items())
     return [
-        ("dataset", f"{plan.data.info.name} ({plan.data.info.description})"),
+        ("dataset", f"{plan.info.name} ({plan.info.description})"),
         ("split", plan.data.split),
         ("test images", str(plan.n)),
+        ("test-set fingerprint (SHA-256)", f"`{plan.fingerprint[:16]}`"),
         ("suite", f"{plan.suite.name}: {plan.suite.description}"),
+        ("attack backend", plan.setup.backend or "as the suite says"),
         ("training seeds", ", ".join(map(str, plan.seeds))),
         ("evaluation seed", str(plan.suite.seed)),
         ("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+        ("perturbation code (SHA-256)", f"`{environment()['code']}`"),
         ("checkpoints (SHA-256)", hashes),
+        *([("notes", "; ".join(plan.setup.notes))] if plan.setup.notes else []),
     ]
 
 
 def build_report(plan: harness.Plan) -> Report:
     """Write report.md, report.html, tables/*.csv and figures/* under reports/<dataset>/<suite>/."""
-    store = harness.ResultStore(harness.store_path(plan.paths, plan.data.info.name))
+    store = harness.open_store(plan.paths, plan.info.name)
     cells = plan.cells()
     has_transfer = bool(plan.suite.transfer_cells())
     moved = transfer_cells(plan) if has_transfer else []
     white = store.frame(c.key for c in cells)
     moves = store.frame(c.key for c in moved)
-    missing = sum(c.key not in store for c in cells) + sum(c.key not in store for c in moved)
+    missing = len({c.key for c in cells + moved} - store.present(c.key for c in cells + moved))
     if white.empty:
-        from robustbench_sparse.runtime import UserError
-
-        raise UserError(f"no stored results for suite {plan.suite.name!r} on {plan.data.info.name}; run "
-                        f"`rbs evaluate --dataset {plan.data.info.name} --suite {plan.suite.name}` first")
-    folder = harness.suite_folder(plan)
+        backend = f" --backend {plan.setup.backend}" if plan.setup.backend else ""
+        raise UserError(f"no stored results for run {plan.setup.run_name!r} on {plan.info.name}; run "
+                        f"`rbs evaluate --dataset {plan.info.name} --suite {plan.suite.name}{backend}` first")
+    folder = plan.folder
     figures_dir, tables_dir = folder / "figures", folder / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     models = [s.name for s in plan.specs]
@@ -228,7 +233,8 @@ def build_report(plan: harness.Plan) -> Report:
     everything = pd.concat([white, moves[moves["source"] != moves["model"]]], ignore_index=True) if not moves.empty else white
     sections: list[tuple[str, str, pd.DataFrame]] = [
         ("Overview", "Clean accuracy, each evaluation at its strongest setting, the paper's pixel-noise "
-         f"score, and masking flags (accuracy %{SEEDS_NOTE}).", summary(everything, plan.data.info.num_classes)),
+         f"score, and the status of the six gradient-masking checks (accuracy %{SEEDS_NOTE}).",
+         summary(everything, plan.info.num_classes)),
         ("Mean robust accuracy over the ε sweep", "Mean accuracy (%) over each attack's ε > 0.",
          sweep_means(white).reset_index()),
         ("Worst case over attacks", "Per model and ε, the share of test images that survive every attack "
@@ -244,12 +250,17 @@ def build_report(plan: harness.Plan) -> Report:
         text += ("Rankings that change: " + "; ".join(changes) + "." if changes
                  else "No model's rank changes between plain PGD and the worst case.")
         sections.insert(1, ("Most effective attack: ranking", text, ranking))
-    flags = masking_flags(everything, plan.data.info.num_classes)
-    sections.append(("Gradient-masking checks",
-                     "Each flag is a sign that an attack, not the model, may be weak for these numbers, with the "
-                     "evidence. No flag means none of the six checks fired on the attacks this suite ran."
-                     if flags else "None of the six checks fired on the attacks this suite ran.",
-                     flags_frame(flags)))
+    checks = masking_checks(everything, plan.info.num_classes)
+    fired = int((checks["status"] == "fired").sum())
+    not_run = int((checks["status"] == "not run").sum())
+    text = ("Each of the six checks per model: **fired** (a sign that an attack, not the model, may be weak "
+            "for these numbers; with the evidence), **passed** (the suite ran what the check needs and it did "
+            "not fire), or **not run** (the suite lacks what the check needs; named). "
+            f"Here: {fired} fired, {not_run} not run.")
+    if not_run:
+        text += (" A check that did not run says nothing either way: run the `masking` suite "
+                 "(`rbs benchmark --suite masking`) for all six.")
+    sections.append(("Gradient-masking checks", text, checks))
     if not moves.empty:
         for evaluation in dict.fromkeys(moves["evaluation"]):
             for eps in sorted(moves.loc[moves["evaluation"] == evaluation, "strength"].unique()):
@@ -268,7 +279,7 @@ def build_report(plan: harness.Plan) -> Report:
     if not moves.empty:
         figures += plot_transfer(moves, figures_dir)
     header = _header(plan)
-    title = f"robustbench-sparse: {plan.data.info.name}, suite {plan.suite.name}"
+    title = f"robustbench-sparse: {plan.info.name}, suite {plan.setup.run_name}"
     markdown = folder / "report.md"
     markdown.write_text(_markdown(title, header, sections, figures, folder, missing))
     page = folder / "report.html"

@@ -175,7 +175,9 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             param.requires_grad_(flag)
 
 
-def progress_enabled() -> bool | None:
-    """tqdm's `disable`: None hides bars when stderr is not a terminal (CI logs)."""
-    return True if os.environ.get("RBS_NO_PROGRESS") else None
+def progress_disabled() -> bool | None:
+    """tqdm's `disable` argument: True when RBS_NO_PROGRESS is set to a true value (1, true, yes,
+    on); otherwise None, which hides bars only when stderr is not a terminal (CI logs)."""
+    value = os.environ.get("RBS_NO_PROGRESS", "").strip().lower()
+    return True if value in ("1", "true", "yes", "on") else None
 

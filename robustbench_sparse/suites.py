@@ -177,8 +177,11 @@ def _evaluation(raw: dict[str, Any], info: DatasetInfo, where: str) -> Evaluatio
     sweep = sweep if isinstance(sweep, list) else [sweep]
     if not sweep:
         raise UserError(f"{where}`{kind.strength}` is an empty sweep")
-    for strength in sweep:  # every strength checked now, before any work
-        resolve(kind.name, {**raw, kind.strength: strength}, info, where)
+    # Every strength checked now, before any work, and written as its canonical value
+    # (eps = 1 and eps = 1.0 are one cell).
+    sweep = [resolve(kind.name, {**raw, kind.strength: strength}, info, where)[kind.strength] for strength in sweep]
+    if len(set(sweep)) != len(sweep):
+        raise UserError(f"{where}`{kind.strength}` lists a strength twice: {sweep}")
     fixed = resolve(kind.name, raw, info, where)
     fixed.pop(kind.strength)
     return Evaluation(name, kind.name, tuple(sorted(fixed.items())), tuple(sweep))

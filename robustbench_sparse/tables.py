@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from robustbench_sparse.diagnostics import masking_flags
+from robustbench_sparse.diagnostics import check_summary, masking_checks
+from robustbench_sparse.evaluations import ACCURACY
 
 
 def _fmt(mean: float, std: float, count: int, digits: int) -> float | str:
@@ -34,10 +35,15 @@ def noise_scores(df: pd.DataFrame) -> pd.Series:
     return seed_stats(pixel, ["model"], "correct", scale=1.0, digits=0, reduce="sum").rename("noise score")
 
 
+def accuracies(df: pd.DataFrame) -> pd.DataFrame:
+    """The records whose number is an accuracy (not, e.g., the share of live gradients)."""
+    return df[df["metric"] == ACCURACY]
+
+
 def summary(df: pd.DataFrame, num_classes: int = 10) -> pd.DataFrame:
     """One row per model: clean accuracy, each evaluation at its strongest setting (%), the noise
-    score, and the masking flags raised (from `df`'s white-box and transfer records)."""
-    own = df[(df["source"] == df["model"]) & (df["kind"] != "gradients")]
+    score, and the status of the six masking checks (from `df`'s white-box and transfer records)."""
+    own = accuracies(df[df["source"] == df["model"]])
     models = list(dict.fromkeys(own["model"]))
     table = pd.DataFrame(index=pd.Index(models, name="model"))
     for evaluation, group in own.groupby("evaluation", sort=False):
@@ -49,8 +55,6 @@ def summary(df: pd.DataFrame, num_classes: int = 10) -> pd.DataFrame:
         pixel = own[own["kind"] == "pixel"]
         levels = pixel.groupby("evaluation")["strength"].nunique().sum()
         table[f"noise score (max {levels * int(pixel['n'].max())})"] = scores
-    flags = masking_flags(df, num_classes)
-    table["masking flags"] = [
-        "; ".join(sorted({f.check for f in flags if f.model == m})) or "-" for m in models
-    ]
+    checks = masking_checks(df, num_classes)
+    table["masking checks"] = [check_summary(checks, m) for m in models]
     return table.reset_index()

@@ -23,7 +23,7 @@ from robustbench_sparse.runtime import (
     Paths,
     eval_mode,
     generator,
-    progress_enabled,
+    progress_disabled,
     seed_everything,
 )
 from robustbench_sparse.sparse import rezero_weights, update_boost_strength
@@ -53,10 +53,10 @@ def train_model(spec: ModelSpec, data: Dataset, seed: int, device: torch.device)
     shuffle = generator(seed)
     n = len(data.train_x)
     model.train()
-    for epoch in tqdm(range(spec.epochs), desc=f"{spec.name} epochs", leave=False, disable=progress_enabled()):
+    for epoch in tqdm(range(spec.epochs), desc=f"{spec.name} epochs", leave=False, disable=progress_disabled()):
         batch = spec.first_epoch_batch_size if epoch == 0 else spec.batch_size
         order = torch.randperm(n, generator=shuffle)
-        bar = tqdm(range(0, n, batch), desc=f"epoch {epoch + 1}", leave=False, disable=progress_enabled())
+        bar = tqdm(range(0, n, batch), desc=f"epoch {epoch + 1}", leave=False, disable=progress_disabled())
         for start in bar:
             idx = order[start : start + batch]
             x, y = data.train_x[idx].to(device), data.train_y[idx].to(device)
@@ -93,7 +93,7 @@ def train_zoo(
     data = functools.cache(load_data)
     outcomes = []
     jobs = [(spec, seed) for seed in seeds for spec in specs]
-    for spec, seed in tqdm(jobs, desc="models", disable=progress_enabled()):
+    for spec, seed in tqdm(jobs, desc="models", disable=progress_disabled()):
         status = checkpoint_status(paths, spec, dataset, seed)
         if status == "trained" and not force:
             manifest = read_manifest(paths, dataset, spec.name, seed)

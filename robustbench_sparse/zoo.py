@@ -58,8 +58,10 @@ class ModelSpec:
         return self.hidden_percent_on < 1 or any(p < 1 for p in self.conv_percent_on)
 
     def config_hash(self, dataset: str) -> str:
-        """Identifies a trained checkpoint: every setting that changes the weights, and the data."""
-        payload = json.dumps({"spec": dataclasses.asdict(self), "dataset": dataset}, sort_keys=True)
+        """Identifies a trained checkpoint: every setting that changes the weights, and the data.
+        The description and the list of datasets a variant is declared for change no weight."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("description", "datasets")}
+        payload = json.dumps({"spec": settings, "dataset": dataset}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def summary(self) -> dict[str, Any]:

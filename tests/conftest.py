@@ -53,7 +53,7 @@ boost_strength_factor = 1.0
 
 
 def make_home(folder: Path) -> Paths:
-    (folder / "models").mkdir()
+    (folder / "models").mkdir(parents=True)
     (folder / "models" / "zoo.toml").write_text(TINY_ZOO)
     shutil.copytree(REPO_ROOT / "attacks", folder / "attacks")
     return Paths(folder)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_sparse import attacks, harness
+from robustbench_sparse import attacks, executor
 from robustbench_sparse.attacks import bpda_backward, check_budget, craft, gradient_health
 from robustbench_sparse.checkpoints import load_checkpoint
 from robustbench_sparse.data import dataset_info
@@ -295,10 +295,10 @@ def test_square_runs_as_a_suite_evaluation(trained_home, mnist5k):
     x, y = mnist5k.test_x[:20], mnist5k.test_y[:20]
     with eval_mode(model):
         flags = {
-            (e.name, s): harness.correct_flags(model, e, s, x, y, INFO, CPU, 0, 10)
+            (e.name, s): executor.correct_flags(model, e, s, x, y, INFO, CPU, 0, 10)
             for e in (square, pgd) for s in e.strengths
         }
-        again = harness.correct_flags(model, square, 0.2, x, y, INFO, CPU, 0, 10)
+        again = executor.correct_flags(model, square, 0.2, x, y, INFO, CPU, 0, 10)
     assert torch.equal(flags[("square", 0.2)], again)
     clean = flags[("square", 0.0)]
     assert torch.equal(clean, predict(model, x, CPU) == y)

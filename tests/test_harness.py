@@ -8,7 +8,10 @@ from robustbench_sparse import harness
 from robustbench_sparse.attacks import BudgetViolation, check_budget, craft
 from robustbench_sparse.checkpoints import load_checkpoint
 from robustbench_sparse.diagnostics import ordering_flags
+from robustbench_sparse.executor import correct_flags
 from robustbench_sparse.runtime import Paths, UserError, eval_mode
+from robustbench_sparse.store import ArtifactStore, ResultStore
+from robustbench_sparse.suites import load_suite
 from robustbench_sparse.train import predict
 from robustbench_sparse.zoo import load_zoo, select_models
 
@@ -74,15 +77,15 @@ def test_zero_strength_equals_clean_accuracy_and_robust_never_beats_clean(traine
 
 def test_same_seed_same_numbers_and_finished_cells_are_reused(trained, tmp_path, monkeypatch):
     plan = harness.plan("mnist5k", "tiny", ["dense", "kwinner-boost"], device="cpu", home=trained.home)
-    first = harness.run(plan, harness.ResultStore(tmp_path / "a.jsonl"))
-    second = harness.run(plan, harness.ResultStore(tmp_path / "b.jsonl"))
+    first = harness.run(plan, ResultStore(tmp_path / "a.sqlite"), ArtifactStore(tmp_path / "cache-a"))
+    second = harness.run(plan, ResultStore(tmp_path / "b.sqlite"), ArtifactStore(tmp_path / "cache-b"))
     assert first["flags"].tolist() == second["flags"].tolist()
     assert first["correct"].tolist() == second["correct"].tolist()
 
     calls = []
     real = harness.make_record
     monkeypatch.setattr(harness, "make_record", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = harness.run(plan, harness.ResultStore(tmp_path / "a.jsonl"))
+    again = harness.run(plan, ResultStore(tmp_path / "a.sqlite"))
     assert not calls
     assert again["correct"].tolist() == first["correct"].tolist()
 
@@ -100,16 +103,14 @@ def test_an_interrupted_run_keeps_finished_cells_and_resumes(trained, tmp_path, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(harness, "make_record", interrupt_after_four)
-    store_file = tmp_path / "results.jsonl"
+    store_file = tmp_path / "results.sqlite"
     with pytest.raises(KeyboardInterrupt):
-        harness.run(plan, harness.ResultStore(store_file))
-    assert len(store_file.read_text().splitlines()) == 4
-    with open(store_file, "a") as f:
-        f.write('{"key": "half a line')  # a crash mid-write loses only that cell
+        harness.run(plan, ResultStore(store_file))
+    assert ResultStore(store_file).count() == 4
 
     calls.clear()
     monkeypatch.setattr(harness, "make_record", lambda *a, **k: calls.append(1) or real(*a, **k))
-    frame = harness.run(plan, harness.ResultStore(store_file))
+    frame = harness.run(plan, ResultStore(store_file))
     assert len(calls) == total - 4
     assert len(frame) == total
 
@@ -119,11 +120,11 @@ def test_evaluation_leaves_buffers_and_modes_untouched(trained, mnist5k):
         model = _model(trained, name, mnist5k.info)
         model.train()  # evaluation must switch to eval by itself, then restore this
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        suite = harness.load_suite(trained, "tiny", mnist5k.info)
+        suite = load_suite(trained, "tiny", mnist5k.info)
         with eval_mode(model):
             for evaluation in suite.evaluations:
                 for strength in evaluation.strengths:
-                    harness.correct_flags(
+                    correct_flags(
                         model, evaluation, strength, mnist5k.test_x[:30], mnist5k.test_y[:30],
                         mnist5k.info, CPU, 0, 30,
                     )

@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_sparse import harness
+from robustbench_sparse.cells import Cell, make_record
 from robustbench_sparse.diagnostics import masking_flags, most_effective
+from robustbench_sparse.executor import correct_flags, perturbed_set, score
 from robustbench_sparse.runtime import eval_mode
 from robustbench_sparse.sparse import KWinners
 from robustbench_sparse.suites import parse_suite
@@ -135,17 +136,17 @@ def records(zoo, mnist5k) -> pd.DataFrame:
         with eval_mode(model):
             for evaluation in suite.evaluations:
                 for strength in evaluation.strengths:
-                    cell = harness.Cell("mnist5k", name, 0, f"synthetic-{name}", evaluation, strength, len(x), 0, 150)
-                    flags = harness.correct_flags(model, evaluation, strength, x, y, mnist5k.info, CPU, 0, 150)
-                    rows.append(harness.make_record(cell, flags, 0.0, CPU))
+                    cell = Cell("mnist5k", name, 0, f"synthetic-{name}", evaluation, strength, len(x), 0, 150, "synthetic")
+                    flags = correct_flags(model, evaluation, strength, x, y, mnist5k.info, CPU, 0, 150)
+                    rows.append(make_record(cell, flags, 0.0, CPU))
     pgd = suite.evaluation("pgd")
     with eval_mode(zoo["plain"]):
-        adv = harness.craft_set(zoo["plain"], pgd, 0.15, x, y, mnist5k.info, CPU, 0, 150)
+        adv = perturbed_set(zoo["plain"], pgd, 0.15, x, y, mnist5k.info, CPU, 0, 150)
     for name, model in zoo.items():
         if name != "plain":
-            cell = harness.Cell("mnist5k", name, 0, f"synthetic-{name}", pgd, 0.15, len(x), 0, 150, "plain", "p")
+            cell = Cell("mnist5k", name, 0, f"synthetic-{name}", pgd, 0.15, len(x), 0, 150, "synthetic", "plain", "p")
             with eval_mode(model):
-                rows.append(harness.make_record(cell, harness.flags_on(model, adv, y, CPU, 150), 0.0, CPU))
+                rows.append(make_record(cell, score(model, adv, y, CPU, 150), 0.0, CPU))
     return pd.DataFrame(rows)
 
 

@@ -5,8 +5,9 @@ import subprocess
 
 import pytest
 
-from robustbench_sparse import harness
+from robustbench_sparse import executor, harness
 from robustbench_sparse.report import build_report
+from robustbench_sparse.store import ResultStore
 from robustbench_sparse.transfer import run_transfer, transfer_matrix
 
 SUITE = """
@@ -41,8 +42,8 @@ def home(trained_home):
 
 def _count_crafts(monkeypatch):
     calls = []
-    real = harness.craft_set
-    monkeypatch.setattr(harness, "craft_set", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = executor.perturbed_set
+    monkeypatch.setattr(executor, "perturbed_set", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -70,9 +71,9 @@ def test_adding_a_model_crafts_only_its_own_sets(home, monkeypatch):
 
 def test_diagonal_is_the_white_box_result(home, tmp_path):
     plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
-    white = harness.run(plan, harness.ResultStore(tmp_path / "white.jsonl"))
+    white = harness.run(plan, ResultStore(tmp_path / "white.sqlite"))
     shutil.rmtree(home.cache)  # nothing shared: transfer crafts its own sets
-    moved = run_transfer(plan, harness.ResultStore(tmp_path / "moved.jsonl"))
+    moved = run_transfer(plan, ResultStore(tmp_path / "moved.sqlite"))
     for evaluation in ("fgsm", "pgd"):
         matrix = transfer_matrix(moved, evaluation, 0.25)
         for model in matrix.columns:

@@ -1,0 +1,159 @@
+"""The whole jobs, as Python functions: `benchmark`, `baseline` and `check`.
+
+The CLI calls these and only prints; notebooks and CI scripts get the same behaviour. Every input
+is checked before any training or evaluation starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robustbench_sparse import harness
+from robustbench_sparse.data import default_data_root, load_dataset
+from robustbench_sparse.regression import (
+    CheckResult,
+    check_setup,
+    compare,
+    make_baseline,
+    read_baseline,
+    write_baseline,
+)
+from robustbench_sparse.report import Report, build_report
+from robustbench_sparse.runtime import UserError
+from robustbench_sparse.train import TrainOutcome, train_zoo
+from robustbench_sparse.transfer import run_transfer
+
+Echo = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def train_missing(
+    setup: harness.Setup, data_root: Path | str | None = None, download: bool = False
+) -> list[TrainOutcome]:
+    """Train the setup's models that have no up-to-date checkpoint (for every seed)."""
+    root = Path(data_root) if data_root else default_data_root()
+    return train_zoo(setup.paths, setup.specs, setup.info.name, lambda: load_dataset(setup.info.name, root, download),
+                     setup.seeds, setup.device)
+
+
+def _train_and_evaluate(
+    setup: harness.Setup, data_root: Path | str | None, download: bool, executor: str, echo: Echo, step: str = ""
+) -> tuple[harness.Plan, pd.DataFrame]:
+    echo(f"{step}train (only what is missing)")
+    outcomes = train_missing(setup, data_root, download)
+    trained = sum(o.action != "cached" for o in outcomes)
+    echo(f"    trained {trained}, cached {len(outcomes) - trained}")
+    the_plan = harness.plan_from(setup, data_root, download)
+    for note in setup.notes:
+        echo(f"    note: {note}")
+    echo(f"{step}evaluate (suite {setup.run_name!r}, {the_plan.n} test images)")
+    frame = harness.run(the_plan, executor=executor)
+    harness.export(frame, the_plan, "records")
+    return the_plan, frame
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    plan: harness.Plan
+    records: pd.DataFrame
+    moves: pd.DataFrame | None
+    report: Report
+
+
+def benchmark(
+    dataset: str = "mnist5k",
+    suite: str = "standard",
+    models: list[str] | None = None,
+    seeds: Iterable[int] = (0,),
+    device: str = "auto",
+    backend: str | None = None,
+    home: Path | str | None = None,
+    data_root: Path | str | None = None,
+    download: bool = False,
+    executor: str = "local",
+    echo: Echo = _quiet,
+) -> BenchmarkResult:
+    """Train what is missing, evaluate, transfer (when the suite declares it), report."""
+    setup = harness.prepare(dataset, suite, models, seeds, device, backend, home)
+    the_plan, frame = _train_and_evaluate(setup, data_root, download, executor, echo, step="1-2/4 ")
+    moves = None
+    if the_plan.suite.transfer_cells():
+        echo("3/4 transfer")
+        moves = run_transfer(the_plan, executor=executor)
+        harness.export(moves, the_plan, "transfer")
+    else:
+        echo("3/4 transfer: the suite declares none")
+    echo("4/4 report")
+    return BenchmarkResult(the_plan, frame, moves, build_report(the_plan))
+
+
+def baseline(
+    out: Path | str,
+    dataset: str = "mnist5k",
+    suite: str = "quick",
+    models: list[str] | None = None,
+    seeds: Iterable[int] = (0,),
+    device: str = "auto",
+    backend: str | None = None,
+    home: Path | str | None = None,
+    data_root: Path | str | None = None,
+    download: bool = False,
+    executor: str = "local",
+    echo: Echo = _quiet,
+) -> dict[str, Any]:
+    """Write a robustness baseline: per model, evaluation and strength the accuracy (mean and std
+    over seeds), and the masking checks that fired."""
+    setup = harness.prepare(dataset, suite, models, seeds, device, backend, home)
+    the_plan, frame = _train_and_evaluate(setup, data_root, download, executor, echo)
+    doc = make_baseline(frame, the_plan)
+    write_baseline(doc, Path(out))
+    return doc
+
+
+def check(
+    baseline_file: Path | str,
+    tolerance: float = 1.0,
+    sigma: float | None = None,
+    dataset: str | None = None,
+    suite: str | None = None,
+    backend: str | None = None,
+    device: str = "auto",
+    home: Path | str | None = None,
+    data_root: Path | str | None = None,
+    download: bool = False,
+    executor: str = "local",
+    echo: Echo = _quiet,
+) -> tuple[dict[str, Any], CheckResult]:
+    """Re-run (or reuse) the baseline's evaluations on the baseline's models and seeds, and compare.
+    The dataset, suite, backend, test size, seeds and batch size come from the baseline; options
+    given here must match it. Everything is checked before any work."""
+    doc = read_baseline(Path(baseline_file))
+    for what, given, recorded in (("--dataset", dataset, doc["dataset"]), ("--suite", suite, doc["suite"])):
+        if given is not None and given != recorded:
+            raise UserError(f"{what} {given} differs from the baseline's {recorded!r}")
+    if tolerance < 0 or (sigma is not None and sigma < 0):
+        raise UserError("--tolerance and --sigma must be >= 0")
+    if sigma is not None and len(doc["seeds"]) < 2:
+        raise UserError("--sigma needs a baseline over several seeds (this one has one); use --tolerance")
+    setup = harness.prepare(doc["dataset"], doc["suite"], list(doc["models"]), list(doc["seeds"]), device,
+                            doc.get("backend"), home)
+    if backend is not None:
+        asked = harness.prepare(doc["dataset"], doc["suite"], list(doc["models"]), list(doc["seeds"]), device,
+                                backend, home).backend
+        if asked != doc.get("backend"):
+            raise UserError(f"--backend {backend} differs from the baseline's "
+                            f"{doc.get('backend') or 'backend (as the suite says)'}")
+    check_setup(doc, setup)
+    the_plan, frame = _train_and_evaluate(setup, data_root, download, executor, echo)
+    if the_plan.n != doc["test_size"]:
+        raise UserError(f"the test set has {the_plan.n} images for this suite, the baseline {doc['test_size']}; "
+                        "regenerate the baseline")
+    return doc, compare(doc, frame, tolerance, sigma, the_plan.info.num_classes)
