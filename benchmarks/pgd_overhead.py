@@ -20,6 +20,7 @@ import torchattacks
 from robustbench_sparse import harness
 from robustbench_sparse.checkpoints import load_checkpoint
 from robustbench_sparse.runtime import Paths
+from robustbench_sparse.store import ArtifactStore, ResultStore
 
 SUITE = """
 test_size = {n}
@@ -59,15 +60,14 @@ def main() -> None:
         suite_file.write_text(SUITE.format(n=args.n, batch=args.batch))
         plan = harness.plan("mnist5k", str(suite_file), [args.model], device="cpu", home=paths.home)
         spec = plan.specs[0]
-        model, _ = load_checkpoint(paths, spec, plan.data.info, 0)
+        model, _ = load_checkpoint(paths, spec, plan.info, 0)
         x, y = plan.test_set()
 
         harness_s, bare_s = [], []
         for i in range(args.repeats):
             started = time.perf_counter()
             # fresh store and adversarial cache: the harness crafts (and writes) the set every time
-            frame = harness.run(plan, harness.ResultStore(Path(tmp) / f"run{i}.jsonl"),
-                                harness.AdversarialCache(Path(tmp) / f"cache{i}"))
+            frame = harness.run(plan, ResultStore(Path(tmp) / f"run{i}.sqlite"), ArtifactStore(Path(tmp) / f"cache{i}"))
             harness_s.append(time.perf_counter() - started)
             started = time.perf_counter()
             bare_correct = bare_loop(model, x, y, args.batch)

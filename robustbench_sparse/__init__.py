@@ -1,7 +1,8 @@
 """robustbench-sparse: do sparse networks really resist noise and adversarial attacks?"""
 
 from robustbench_sparse.harness import evaluate
+from robustbench_sparse.pipeline import baseline, benchmark, check
 from robustbench_sparse.transfer import transfer
 
-__all__ = ["evaluate", "transfer"]
+__all__ = ["baseline", "benchmark", "check", "evaluate", "transfer"]
 __version__ = "0.1.0"

@@ -8,8 +8,9 @@ something its number depends on changes:
 - the checkpoint's SHA-256 (and the source's, for transfer);
 - the canonical spec string, the number of test images and a fingerprint of those images and
   labels, the evaluation seed;
-- the versions of torch, torchattacks and foolbox, and a hash of this project's own
-  perturbation code (`noise.py`, `attacks.py`, `sparse.py`);
+- the versions of torch, torchattacks and foolbox, and a hash of this project's own code that
+  draws, crafts and scores (`NUMBER_MODULES`: noise, attacks, k-winners, evaluation kinds,
+  executor tasks, seeds and eval mode);
 - the batch size, only for attacks whose library draws randomness per batch.
 
 It does not change for a model's description, the datasets it is declared for, the batch size of
@@ -45,7 +46,7 @@ COLUMNS = [
 
 # The libraries whose code computes the numbers, and our own modules that do.
 NUMBER_LIBRARIES = ("torch", "torchattacks", "foolbox")
-NUMBER_MODULES = ("noise.py", "attacks.py", "sparse.py")
+NUMBER_MODULES = ("noise.py", "attacks.py", "sparse.py", "evaluations.py", "executor.py", "runtime.py")
 
 
 @functools.lru_cache(maxsize=1)

@@ -133,6 +133,20 @@ def load_checkpoint(
     paths: Paths, spec: ModelSpec, info: DatasetInfo, seed: int, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, Manifest]:
     """The trained model in eval mode, after checking its hash and that it matches the spec."""
+    data, manifest = checkpoint_bytes(paths, spec, info, seed)
+    return model_from_bytes(spec, info, data, device), manifest
+
+
+def model_from_bytes(spec: ModelSpec, info: DatasetInfo, data: bytes, device: torch.device | str = "cpu") -> nn.Module:
+    """The model of `spec` with the weights saved in `data` (a checkpoint file's bytes), in eval mode."""
+    model = build_model(spec, info)
+    model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    return model.to(device).eval()
+
+
+def checkpoint_bytes(paths: Paths, spec: ModelSpec, info: DatasetInfo, seed: int) -> tuple[bytes, Manifest]:
+    """A checkpoint file's bytes (e.g. to send to a worker without a shared disk), after checking
+    its hash and that it matches the spec."""
     manifest = read_manifest(paths, info.name, spec.name, seed)
     where = manifest_path(paths, info.name, spec.name, seed)
     if manifest is None:
@@ -148,13 +162,11 @@ def load_checkpoint(
     weights = paths.checkpoints(info.name) / manifest.weights_file
     if not weights.exists():
         raise UserError(f"checkpoint weights {weights} are missing; run `rbs train --dataset {info.name}`")
-    actual = sha256_file(weights)
+    data = weights.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != manifest.sha256:
         raise UserError(
             f"checkpoint {weights} is corrupt: SHA-256 {actual[:12]}... does not match the manifest's "
             f"{manifest.sha256[:12]}...; refusing to load it. Retrain with `rbs train --dataset {info.name} --force`"
         )
-    model = build_model(spec, info)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.to(device).eval(), manifest
+    return data, manifest

@@ -13,6 +13,7 @@ import typer
 
 from robustbench_sparse.attacks import BACKENDS
 from robustbench_sparse.data import DATASETS, default_data_root, load_dataset
+from robustbench_sparse.executor import EXECUTORS
 from robustbench_sparse.runtime import DEVICES, Paths, UserError, resolve_device
 
 app = typer.Typer(
@@ -47,6 +48,16 @@ BackendOpt = Annotated[
     typer.Option(help="Attack library for FGSM/I-FGSM/PGD (default: as the suite says, torchattacks)."),
 ]
 
+ExecutorName = enum.StrEnum("ExecutorName", {name: name for name in EXECUTORS})  # type: ignore[misc]
+LOCAL = ExecutorName("local")
+ExecutorOpt = Annotated[ExecutorName, typer.Option(
+    help="Where the work runs: local (this process) or ray (a private Ray on this machine, or the cluster "
+         "at --address).")]
+AddressOpt = Annotated[str | None, typer.Option(
+    help="Ray cluster to join, HOST:PORT (from `ray start --head`); default: start a private Ray for the run.")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    help="CPUs of the private Ray started for the run (default: all); each task gets one thread.")]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -73,6 +84,16 @@ def _resumable(store: Path) -> Callable[[], None]:
         raise typer.Exit(130)
 
     return on_interrupt
+
+
+def _executor(name: Any, address: str | None, workers: int | None) -> Any:
+    """The executor the options ask for (the caller closes it)."""
+    from robustbench_sparse.executor import make_executor
+
+    options = {"address": address, "workers": workers} if name.value == "ray" else {}
+    if name.value != "ray" and (address or workers):
+        raise UserError("--address and --workers are for --executor ray")
+    return make_executor(name.value, **options)
 
 
 def _paths(home: Path | None) -> Paths:
@@ -132,6 +153,9 @@ def train(
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
+    executor: ExecutorOpt = LOCAL,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Train every zoo model for a dataset once and cache it under models/ (skips up-to-date ones)."""
     from robustbench_sparse.train import train_zoo
@@ -141,11 +165,15 @@ def train(
     specs = select_models(load_zoo(paths.zoo_spec), dataset.value, parse_names(models))
     seed_list = parse_seeds(seeds)
     dev = resolve_device(device.value)
-    outcomes = train_zoo(
-        paths, specs, dataset.value,
-        lambda: load_dataset(dataset.value, data_root or default_data_root(), download),
-        seed_list, dev, force,
-    )
+    runner = _executor(executor, address, workers)
+    try:
+        outcomes = train_zoo(
+            paths, specs, dataset.value,
+            lambda: load_dataset(dataset.value, data_root or default_data_root(), download),
+            seed_list, dev, force, runner,
+        )
+    finally:
+        runner.close()
     rows = [
         {
             "model": o.model,
@@ -194,6 +222,9 @@ def evaluate(
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
+    executor: ExecutorOpt = LOCAL,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Run an evaluation suite against the trained zoo; resumes, and reuses finished cells."""
     from robustbench_sparse import harness
@@ -202,10 +233,13 @@ def evaluate(
 
     the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
     _print_notes(the_plan.setup.notes)
+    runner = _executor(executor, address, workers)
     try:
-        frame = harness.run(the_plan)
+        frame = harness.run(the_plan, executor=runner)
     except KeyboardInterrupt:
         _resumable(harness.store_path(the_plan.paths, dataset.value))()
+    finally:
+        runner.close()
     csv_path, json_path = harness.export(frame, the_plan, "records")
     typer.echo(f"\nsuite {the_plan.setup.run_name!r} on {dataset.value}, {the_plan.n} test images "
                f"(accuracy % at each evaluation's strongest setting)\n")
@@ -231,6 +265,9 @@ def transfer(
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
+    executor: ExecutorOpt = LOCAL,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Craft each attack once per source model and evaluate it on every model (N x N matrices)."""
     from robustbench_sparse import harness
@@ -238,10 +275,13 @@ def transfer(
 
     the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
     _print_notes(the_plan.setup.notes)
+    runner = _executor(executor, address, workers)
     try:
-        frame = run_transfer(the_plan)
+        frame = run_transfer(the_plan, executor=runner)
     except KeyboardInterrupt:
         _resumable(harness.store_path(the_plan.paths, dataset.value))()
+    finally:
+        runner.close()
     csv_path, json_path = harness.export(frame, the_plan, "transfer")
     for evaluation, strength in the_plan.suite.transfer_cells():
         typer.echo(f"\n{evaluation.name} at eps={strength:g}: accuracy % of each target (columns) "
@@ -276,13 +316,18 @@ def report(
                f"{result.folder / 'figures'}")
 
 
-def _interruptible(paths: Paths, dataset: str, call: Callable[[], Any]) -> Any:
+def _interruptible(paths: Paths, dataset: str, call: Callable[[Any], Any], executor: Any, address: str | None,
+                   workers: int | None) -> Any:
+    """Run `call(executor)`; Ctrl-C says how to resume; the executor is closed either way."""
     from robustbench_sparse import harness
 
+    runner = _executor(executor, address, workers)
     try:
-        return call()
+        return call(runner)
     except KeyboardInterrupt:
         _resumable(harness.store_path(paths, dataset))()
+    finally:
+        runner.close()
 
 
 @app.command()
@@ -297,14 +342,17 @@ def benchmark(
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
+    executor: ExecutorOpt = LOCAL,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything."""
     from robustbench_sparse import pipeline
     from robustbench_sparse.tables import summary
 
-    result = _interruptible(_paths(home), dataset.value, lambda: pipeline.benchmark(
+    result = _interruptible(_paths(home), dataset.value, lambda runner: pipeline.benchmark(
         dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value, _backend(backend), home,
-        data_root, download, echo=typer.echo))
+        data_root, download, runner, echo=typer.echo), executor, address, workers)
     typer.echo("")
     _print_table(summary(result.records, result.plan.info.num_classes))
     typer.echo(f"\nreport: {result.report.markdown}\n        {result.report.html}")
@@ -323,14 +371,17 @@ def baseline(
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
+    executor: ExecutorOpt = LOCAL,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Write a robustness baseline (per model, evaluation and strength: accuracy, mean and std over
     seeds; and the masking checks that fired)."""
     from robustbench_sparse import pipeline
 
-    doc = _interruptible(_paths(home), dataset.value, lambda: pipeline.baseline(
+    doc = _interruptible(_paths(home), dataset.value, lambda runner: pipeline.baseline(
         out, dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value, _backend(backend), home,
-        data_root, download, echo=typer.echo))
+        data_root, download, runner, echo=typer.echo), executor, address, workers)
     typer.echo(f"baseline: {len(doc['cells'])} cells, {len(doc['models'])} models, seeds {doc['seeds']} -> {out}")
 
 
@@ -353,14 +404,17 @@ def check(
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
+    executor: ExecutorOpt = LOCAL,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Re-run (or reuse) the baseline's evaluations on its models and seeds; exit 1 on a drop beyond
     tolerance, a masking check that newly fires, or a suspicious rise under attack."""
     from robustbench_sparse import pipeline
 
-    doc, result = _interruptible(_paths(home), dataset.value if dataset else "mnist5k", lambda: pipeline.check(
+    doc, result = _interruptible(_paths(home), dataset.value if dataset else "mnist5k", lambda runner: pipeline.check(
         baseline, tolerance, sigma, dataset.value if dataset else None, suite, _backend(backend), device.value,
-        home, data_root, download, echo=typer.echo))
+        home, data_root, download, runner, echo=typer.echo), executor, address, workers)
     typer.echo(f"\ncompared {result.compared} cells with {baseline} ({doc['dataset']}, suite {doc['suite']}, "
                f"models {', '.join(doc['models'])}, seeds {doc['seeds']})")
     if not result.improvements.empty:

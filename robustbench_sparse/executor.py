@@ -10,21 +10,24 @@ executor for another engine is one new module registered in `EXECUTORS`.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from robustbench_sparse.attacks import live_gradients
 from robustbench_sparse.cells import Cell, Job
-from robustbench_sparse.data import DatasetInfo
+from robustbench_sparse.checkpoints import model_from_bytes
+from robustbench_sparse.data import Dataset, DatasetInfo
 from robustbench_sparse.evaluations import ACCURACY, kind_of, perturb
 from robustbench_sparse.runtime import UserError, eval_mode, stable_seed
 from robustbench_sparse.store import ArtifactStore
 from robustbench_sparse.suites import Evaluation
+from robustbench_sparse.zoo import ModelSpec
 
 
 def image_seeds(eval_seed: int, spec: str, start: int, count: int) -> list[int]:
@@ -102,13 +105,14 @@ ENSEMBLE = "ensemble"
 
 @dataclass
 class Workspace:
-    """What a worker needs to run jobs. Models are loaded once per process and kept."""
+    """What a worker needs to run jobs. Models are built once per process and kept."""
 
     info: DatasetInfo
     x: torch.Tensor  # the fixed test images
     y: torch.Tensor
     device: torch.device
-    load: Callable[[str, int], nn.Module]  # (model name, seed) -> the trained model
+    # (model name, seed) -> its spec and its checkpoint file's bytes, hash checked
+    checkpoint: Callable[[str, int], tuple[ModelSpec, bytes]]
     cache: ArtifactStore
     ensemble: tuple[str, ...] = ()
     _models: dict[tuple[str, int], nn.Module] = field(default_factory=dict)
@@ -118,7 +122,8 @@ class Workspace:
             if name == ENSEMBLE:
                 self._models[(name, seed)] = Ensemble([self.model(m, seed) for m in self.ensemble])
             else:
-                self._models[(name, seed)] = self.load(name, seed)
+                spec, data = self.checkpoint(name, seed)
+                self._models[(name, seed)] = model_from_bytes(spec, self.info, data, self.device)
         return self._models[(name, seed)]
 
 
@@ -137,7 +142,7 @@ def run_job(job: Job, ws: Workspace) -> Outcome:
     first = job.cells[0]
     evaluation, strength = first.evaluation, first.strength
     started = time.perf_counter()
-    source = ws.model(first.crafted_on[0] if first.source else first.model, first.seed)
+    source = ws.model(first.crafted_on[0], first.seed)
     with contextlib.ExitStack() as stack:
         stack.enter_context(eval_mode(source))
         if kind_of(evaluation.kind).metric != ACCURACY:
@@ -162,28 +167,86 @@ def run_job(job: Job, ws: Workspace) -> Outcome:
     return Outcome(job, tuple(flags_list), tuple(seconds), crafted)
 
 
+TrainTask = tuple[ModelSpec, int]  # (model, seed)
+
+
 class Executor(Protocol):
-    """Runs jobs and yields their outcomes as they finish (in any order). `jobs` is consumed
-    lazily: the driver leases each job as it hands it over."""
+    """Where work runs. `map` yields the outcomes of jobs as they finish (in any order); `jobs` is
+    consumed lazily, because the driver leases each job as it hands it over. `train` yields
+    (spec, seed, trained model, seconds) for each task. Records are bit-for-bit those of the local
+    executor when each task gets the same number of torch threads (`threads`)."""
 
     def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]: ...
 
+    def train(self, tasks: list[TrainTask], data: Dataset, device: torch.device) -> Iterator[
+        tuple[ModelSpec, int, nn.Module, float]]: ...
+
+    def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` (None: left as it is) while the block runs.
+    The thread count changes float rounding, so a run is bit-for-bit repeatable for a given count."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 class LocalExecutor:
-    """Every job in this process, one after another, in the order given."""
+    """Every job in this process, one after another, in the order given, on `threads` torch
+    threads (default: torch's own choice, one per core)."""
+
+    def __init__(self, threads: int | None = None, **unused: Any) -> None:
+        _no_options("local", unused)
+        self.threads = threads
 
     def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]:
         for job in jobs:
-            yield run_job(job, ws)
+            with torch_threads(self.threads):
+                outcome = run_job(job, ws)
+            yield outcome
+
+    def train(self, tasks: list[TrainTask], data: Dataset, device: torch.device) -> Iterator[
+            tuple[ModelSpec, int, nn.Module, float]]:
+        from robustbench_sparse.train import train_model
+
+        for spec, seed in tasks:
+            started = time.perf_counter()
+            with torch_threads(self.threads):
+                model = train_model(spec, data, seed, device)
+            yield spec, seed, model, time.perf_counter() - started
+
+    def close(self) -> None:
+        pass
 
 
-EXECUTORS: dict[str, Callable[[], Executor]] = {"local": LocalExecutor}
+def _no_options(name: str, unused: dict[str, Any]) -> None:
+    given = [k for k, v in unused.items() if v is not None]
+    if given:
+        raise UserError(f"the {name} executor takes no {', '.join('--' + k for k in given)}; "
+                        "those options are for --executor ray")
 
 
-def make_executor(name: str) -> Executor:
+# name -> "module:Class", imported only when used (an engine's package is needed only for its executor).
+EXECUTORS: dict[str, str] = {
+    "local": "robustbench_sparse.executor:LocalExecutor",
+    "ray": "robustbench_sparse.ray_executor:RayExecutor",
+}
+
+
+def make_executor(name: str, **options: Any) -> Executor:
+    """An executor by name; options (e.g. address, workers, threads) go to its constructor."""
     if name not in EXECUTORS:
         raise UserError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}")
-    return EXECUTORS[name]()
+    module, _, cls = EXECUTORS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(**options)
 
 
 def cells_by_set(cells: Iterable[Cell]) -> list[Job]:

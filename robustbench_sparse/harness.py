@@ -24,11 +24,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from robustbench_sparse.cells import Cell, Job, environment, make_record, test_fingerprint
-from robustbench_sparse.checkpoints import checkpoint_status, load_checkpoint, read_manifest
+from robustbench_sparse.cells import COLUMNS, Cell, Job, environment, make_record, test_fingerprint
+from robustbench_sparse.checkpoints import checkpoint_bytes, checkpoint_status, read_manifest
 from robustbench_sparse.data import Dataset, DatasetInfo, dataset_info, default_data_root, load_dataset
 from robustbench_sparse.executor import Executor, Workspace, cells_by_set, make_executor
-from robustbench_sparse.runtime import Paths, UserError, library_versions, progress_disabled, resolve_device
+from robustbench_sparse.runtime import (
+    Paths,
+    UserError,
+    atomic_write_text,
+    library_versions,
+    progress_disabled,
+    resolve_device,
+)
 from robustbench_sparse.store import ArtifactStore, ResultStore
 from robustbench_sparse.suites import Suite, TransferPlan, load_suite
 from robustbench_sparse.zoo import ModelSpec, load_zoo, select_models
@@ -104,7 +111,12 @@ def prepare(
     info = dataset_info(dataset)
     own = load_suite(paths, suite, info)
     the_suite = with_backend(own, backend)
-    specs = select_models(load_zoo(paths.zoo_spec), dataset, models)
+    zoo = load_zoo(paths.zoo_spec)
+    specs = select_models(zoo, dataset, models)
+    unknown = [m for m in own.transfer.ensemble if m not in {s.name for s in select_models(zoo, dataset, None)}]
+    if unknown:
+        raise UserError(f"suite {own.name!r}: transfer ensemble member(s) {', '.join(unknown)} are not zoo models "
+                        f"for {dataset}; valid: {', '.join(s.name for s in select_models(zoo, dataset, None))}")
     seeds = list(seeds)
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(f"seeds must be distinct non-negative integers, got {seeds}")
@@ -208,13 +220,13 @@ def workspace(plan: Plan, cache: ArtifactStore | None = None) -> Workspace:
     specs = {s.name: s for s in plan.specs}
     x, y = plan.test_set()
 
-    def load(name: str, seed: int) -> torch.nn.Module:
-        model, manifest = load_checkpoint(plan.paths, specs[name], plan.info, seed, plan.device)
+    def checkpoint(name: str, seed: int) -> tuple[ModelSpec, bytes]:
+        data, manifest = checkpoint_bytes(plan.paths, specs[name], plan.info, seed)
         if manifest.sha256 != plan.checkpoints[(name, seed)]:
             raise UserError(f"{name} (seed {seed}) was retrained while this run was planned; run the command again")
-        return model
+        return specs[name], data
 
-    return Workspace(plan.info, x, y, plan.device, load, cache or adversarial_cache(plan.paths, plan.info.name),
+    return Workspace(plan.info, x, y, plan.device, checkpoint, cache or adversarial_cache(plan.paths, plan.info.name),
                      plan.suite.transfer.ensemble)
 
 
@@ -279,9 +291,22 @@ def run_cells(
     """Run the cells not already stored; return all their records (in the cells' order)."""
     store = store or open_store(plan.paths, plan.info.name)
     runner = make_executor(executor) if isinstance(executor, str) else executor
-    execute(cells_by_set(cells), store, runner, workspace(plan, cache), desc)
+    try:
+        execute(cells_by_set(cells), store, runner, workspace(plan, cache), desc)
+    finally:
+        if isinstance(executor, str):
+            runner.close()  # an executor made here ends here; one given by the caller stays theirs
     store.export_jsonl()
-    frame = store.frame(c.key for c in cells)
+    return cell_frame(store, cells, plan)
+
+
+def cell_frame(store: ResultStore, cells: list[Cell], plan: Plan) -> pd.DataFrame:
+    """The stored records of `cells`, in their order, labelled as this run names them (a record
+    may have been stored by another suite that names the same evaluation differently)."""
+    found = store.records(c.key for c in cells)
+    rows = [{**found[c.key], "evaluation": c.evaluation.name, "param": c.evaluation.param,
+             "batch_size": c.batch_size, "source": c.crafted_on[0]} for c in cells if c.key in found]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     frame.insert(len(frame.columns) - 2, "suite", plan.setup.run_name)
     return frame
 
@@ -299,9 +324,9 @@ def export(frame: pd.DataFrame, plan: Plan, stem: str) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     table = frame.drop(columns=["flags", "key", "versions"])
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    table.to_csv(csv_path, index=False)
+    atomic_write_text(csv_path, table.to_csv(index=False))
     doc = {"meta": run_metadata(plan), "records": json.loads(table.to_json(orient="records"))}
-    json_path.write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(json_path, json.dumps(doc, indent=1) + "\n")
     return csv_path, json_path
 
 
@@ -337,7 +362,7 @@ def evaluate(
     home: Path | str | None = None,
     data_root: Path | str | None = None,
     download: bool = False,
-    executor: str = "local",
+    executor: Executor | str = "local",
 ) -> pd.DataFrame:
     """Run a suite against trained zoo models; the long-form records as a DataFrame.
 

@@ -6,7 +6,8 @@ is checked before any training or evaluation starts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 import pandas as pd
 
 from robustbench_sparse import harness
+from robustbench_sparse.cells import test_fingerprint
 from robustbench_sparse.data import default_data_root, load_dataset
+from robustbench_sparse.executor import Executor, make_executor
 from robustbench_sparse.regression import (
     CheckResult,
     check_setup,
@@ -35,20 +38,37 @@ def _quiet(_: str) -> None:
     pass
 
 
+@contextlib.contextmanager
+def executor_for(executor: Executor | str) -> Iterator[Executor]:
+    """The executor given, or one made by name for the block and closed after it."""
+    if not isinstance(executor, str):
+        yield executor
+        return
+    made = make_executor(executor)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
 def train_missing(
-    setup: harness.Setup, data_root: Path | str | None = None, download: bool = False
+    setup: harness.Setup, data_root: Path | str | None = None, download: bool = False, force: bool = False,
+    executor: Executor | str = "local",
 ) -> list[TrainOutcome]:
     """Train the setup's models that have no up-to-date checkpoint (for every seed)."""
     root = Path(data_root) if data_root else default_data_root()
-    return train_zoo(setup.paths, setup.specs, setup.info.name, lambda: load_dataset(setup.info.name, root, download),
-                     setup.seeds, setup.device)
+    with executor_for(executor) as runner:
+        return train_zoo(setup.paths, setup.specs, setup.info.name,
+                         lambda: load_dataset(setup.info.name, root, download), setup.seeds, setup.device, force,
+                         runner)
 
 
 def _train_and_evaluate(
-    setup: harness.Setup, data_root: Path | str | None, download: bool, executor: str, echo: Echo, step: str = ""
+    setup: harness.Setup, data_root: Path | str | None, download: bool, executor: Executor, echo: Echo,
+    step: str = "",
 ) -> tuple[harness.Plan, pd.DataFrame]:
     echo(f"{step}train (only what is missing)")
-    outcomes = train_missing(setup, data_root, download)
+    outcomes = train_missing(setup, data_root, download, executor=executor)
     trained = sum(o.action != "cached" for o in outcomes)
     echo(f"    trained {trained}, cached {len(outcomes) - trained}")
     the_plan = harness.plan_from(setup, data_root, download)
@@ -78,19 +98,20 @@ def benchmark(
     home: Path | str | None = None,
     data_root: Path | str | None = None,
     download: bool = False,
-    executor: str = "local",
+    executor: Executor | str = "local",
     echo: Echo = _quiet,
 ) -> BenchmarkResult:
     """Train what is missing, evaluate, transfer (when the suite declares it), report."""
     setup = harness.prepare(dataset, suite, models, seeds, device, backend, home)
-    the_plan, frame = _train_and_evaluate(setup, data_root, download, executor, echo, step="1-2/4 ")
-    moves = None
-    if the_plan.suite.transfer_cells():
-        echo("3/4 transfer")
-        moves = run_transfer(the_plan, executor=executor)
-        harness.export(moves, the_plan, "transfer")
-    else:
-        echo("3/4 transfer: the suite declares none")
+    with executor_for(executor) as runner:
+        the_plan, frame = _train_and_evaluate(setup, data_root, download, runner, echo, step="1-2/4 ")
+        moves = None
+        if the_plan.suite.transfer_cells():
+            echo("3/4 transfer")
+            moves = run_transfer(the_plan, executor=runner)
+            harness.export(moves, the_plan, "transfer")
+        else:
+            echo("3/4 transfer: the suite declares none")
     echo("4/4 report")
     return BenchmarkResult(the_plan, frame, moves, build_report(the_plan))
 
@@ -106,13 +127,14 @@ def baseline(
     home: Path | str | None = None,
     data_root: Path | str | None = None,
     download: bool = False,
-    executor: str = "local",
+    executor: Executor | str = "local",
     echo: Echo = _quiet,
 ) -> dict[str, Any]:
     """Write a robustness baseline: per model, evaluation and strength the accuracy (mean and std
     over seeds), and the masking checks that fired."""
     setup = harness.prepare(dataset, suite, models, seeds, device, backend, home)
-    the_plan, frame = _train_and_evaluate(setup, data_root, download, executor, echo)
+    with executor_for(executor) as runner:
+        the_plan, frame = _train_and_evaluate(setup, data_root, download, runner, echo)
     doc = make_baseline(frame, the_plan)
     write_baseline(doc, Path(out))
     return doc
@@ -129,7 +151,7 @@ def check(
     home: Path | str | None = None,
     data_root: Path | str | None = None,
     download: bool = False,
-    executor: str = "local",
+    executor: Executor | str = "local",
     echo: Echo = _quiet,
 ) -> tuple[dict[str, Any], CheckResult]:
     """Re-run (or reuse) the baseline's evaluations on the baseline's models and seeds, and compare.
@@ -152,8 +174,12 @@ def check(
             raise UserError(f"--backend {backend} differs from the baseline's "
                             f"{doc.get('backend') or 'backend (as the suite says)'}")
     check_setup(doc, setup)
-    the_plan, frame = _train_and_evaluate(setup, data_root, download, executor, echo)
-    if the_plan.n != doc["test_size"]:
-        raise UserError(f"the test set has {the_plan.n} images for this suite, the baseline {doc['test_size']}; "
-                        "regenerate the baseline")
+    data = load_dataset(setup.info.name, Path(data_root) if data_root else default_data_root(), download)
+    n = len(data.test_x) if setup.suite.test_size is None else min(setup.suite.test_size, len(data.test_x))
+    recorded = doc.get("environment", {}).get("test_fingerprint")
+    if n != doc["test_size"] or (recorded and test_fingerprint(data.test_x[:n], data.test_y[:n]) != recorded):
+        raise UserError(f"the test images differ from the baseline's ({n} now, {doc['test_size']} then, or other "
+                        "images: a changed split or data file); regenerate the baseline")
+    with executor_for(executor) as runner:
+        the_plan, frame = _train_and_evaluate(setup, data_root, download, runner, echo)
     return doc, compare(doc, frame, tolerance, sigma, the_plan.info.num_classes)

@@ -139,6 +139,8 @@ def plot_sweeps(white: pd.DataFrame, colours: dict[str, tuple[float, float, floa
     data = data[data["param"] != ""].copy()
     data["accuracy (%)"] = data["accuracy"] * 100
     evaluations = list(dict.fromkeys(data["evaluation"]))
+    if not evaluations:
+        return []
     cols = min(4, len(evaluations))
     rows = -(-len(evaluations) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
@@ -217,8 +219,8 @@ def build_report(plan: harness.Plan) -> Report:
     cells = plan.cells()
     has_transfer = bool(plan.suite.transfer_cells())
     moved = transfer_cells(plan) if has_transfer else []
-    white = store.frame(c.key for c in cells)
-    moves = store.frame(c.key for c in moved)
+    white = harness.cell_frame(store, cells, plan)
+    moves = harness.cell_frame(store, moved, plan)
     missing = len({c.key for c in cells + moved} - store.present(c.key for c in cells + moved))
     if white.empty:
         backend = f" --backend {plan.setup.backend}" if plan.setup.backend else ""

@@ -18,9 +18,11 @@ one JSON object per line) is written beside the database after each run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import pickle
 import socket
 import sqlite3
 import threading
@@ -46,6 +48,16 @@ CREATE TABLE IF NOT EXISTS leases (
 _CHUNK = 500  # keys per SELECT (SQLite's limit on host parameters is 32766)
 
 
+def _host_identity() -> str:
+    """This machine and PID namespace: a lease's PID means something only within them (two
+    containers can share a hostname and a folder)."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with contextlib.suppress(OSError):
+            parts.append(Path(path).read_text().strip() if "boot_id" in path else os.readlink(path))
+    return "|".join(parts)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -63,7 +75,7 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lease_seconds = lease_seconds
-        self.host = socket.gethostname()
+        self.host = _host_identity()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held: set[str] = set()
         self._lock = threading.Lock()
@@ -204,21 +216,30 @@ class ArtifactStore:
         self.folder = Path(folder)
 
     def path(self, set_key: str) -> Path:
-        import hashlib
-
         digest = hashlib.sha256(set_key.encode()).hexdigest()
         return self.folder / digest[:2] / f"{digest[2:26]}.pt"
 
-    def get(self, set_key: str, craft: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
-        """The set, and whether it was crafted now (False: read from disk)."""
+    def load(self, set_key: str) -> torch.Tensor | None:
+        """The stored set, or None when there is none (a damaged file is removed, never trusted)."""
         path = self.path(set_key)
-        if path.exists():
-            try:
-                return torch.load(path, weights_only=True), False
-            except (RuntimeError, EOFError, OSError, ValueError):
-                path.unlink(missing_ok=True)  # a damaged file is rebuilt, never trusted
-        adv = craft()
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError):
+            path.unlink(missing_ok=True)
+            return None
+
+    def save(self, set_key: str, adv: torch.Tensor) -> None:
         buffer = io.BytesIO()
         torch.save(adv, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(self.path(set_key), buffer.getvalue())
+
+    def get(self, set_key: str, craft: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+        """The set, and whether it was crafted now (False: read from disk)."""
+        adv = self.load(set_key)
+        if adv is not None:
+            return adv, False
+        adv = craft()
+        self.save(set_key, adv)
         return adv, True

@@ -132,6 +132,8 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
     entries = doc.get("evaluations", [])
     if not entries:
         raise UserError(f"{where}: declares no [[evaluations]]")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"{where}: `evaluations` must be a list of tables ([[evaluations]] blocks)")
     evaluations = [CLEAN]
     for i, raw in enumerate(entries, 1):
         evaluations.append(_evaluation(dict(raw), info, f"{where}, evaluation {i}: "))
@@ -140,8 +142,18 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
     if duplicates:
         raise UserError(f"{where}: evaluation names must be unique; repeated: {', '.join(duplicates)} "
                         "(give each a distinct `name`)")
+    seen: dict[str, str] = {}
+    for e in evaluations:
+        for strength in e.strengths:
+            other = seen.setdefault(e.spec(strength), e.name)
+            if other != e.name:
+                raise UserError(f"{where}: evaluations {other!r} and {e.name!r} are the same at {strength:g} "
+                                f"({e.spec(strength)}); remove one")
     attack_names = [e.name for e in evaluations if kind_of(e.kind).adversarial]
-    transfer = _transfer(dict(doc.get("transfer", {})), attack_names, evaluations, where)
+    transfer_raw = doc.get("transfer", {})
+    if not isinstance(transfer_raw, dict):
+        raise UserError(f"{where}: `transfer` must be a table ([transfer])")
+    transfer = _transfer(dict(transfer_raw), attack_names, evaluations, where)
     return Suite(name, doc.get("description", ""), test_size, seed, batch_size, tuple(evaluations), source, transfer)
 
 
@@ -150,6 +162,12 @@ def _transfer(raw: dict[str, Any], attack_names: list[str], evaluations: list[Ev
     unknown = set(raw) - {"evaluations", "strengths", "ensemble"}
     if unknown:
         raise UserError(f"{where}unknown keys {sorted(unknown)}; valid: evaluations, strengths, ensemble")
+    for key, item in (("evaluations", str), ("strengths", (int, float)), ("ensemble", str)):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, item) for v in value)):
+            example = '["pgd"]' if item is str else "[0.1, 0.3]"
+            raise UserError(f"{where}`{key}` must be a list of {'names' if item is str else 'numbers'}, "
+                            f"e.g. {key} = {example}")
     names = raw.get("evaluations", attack_names)
     bad = [n for n in names if n not in attack_names]
     if bad:

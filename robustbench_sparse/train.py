@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,31 +85,41 @@ def train_zoo(
     seeds: list[int],
     device: torch.device,
     force: bool = False,
+    executor: Any = None,
 ) -> list[TrainOutcome]:
-    """Train every (spec, seed) that has no up-to-date checkpoint (all of them with `force`).
+    """Train every (spec, seed) that has no up-to-date checkpoint (all of them with `force`), on
+    `executor` (default: this process). Checkpoints are written here, by the caller's process.
 
     `load_data` is called at most once, and only if something needs training."""
-    data = functools.cache(load_data)
-    outcomes = []
-    jobs = [(spec, seed) for seed in seeds for spec in specs]
-    for spec, seed in tqdm(jobs, desc="models", disable=progress_disabled()):
-        status = checkpoint_status(paths, spec, dataset, seed)
-        if status == "trained" and not force:
-            manifest = read_manifest(paths, dataset, spec.name, seed)
-            assert manifest is not None
-            outcomes.append(TrainOutcome(spec.name, seed, "cached", manifest))
-            continue
-        started = time.perf_counter()
-        model = train_model(spec, data(), seed, device)
-        seconds = time.perf_counter() - started
-        manifest = save_checkpoint(
-            paths, spec, dataset, seed, model, clean_accuracy(model, data(), device),
-            len(data().test_x), seconds, str(device),
-        )
-        action = {
-            "trained": "retrained (--force)",
-            "stale": "retrained (settings changed)",
-            "corrupt": "retrained (checkpoint corrupt)",
-        }.get(status, "trained")
-        outcomes.append(TrainOutcome(spec.name, seed, action, manifest))
-    return outcomes
+    from robustbench_sparse.executor import LocalExecutor
+
+    outcomes: dict[tuple[str, int], TrainOutcome] = {}
+    todo, statuses = [], {}
+    for seed in seeds:
+        for spec in specs:
+            status = checkpoint_status(paths, spec, dataset, seed)
+            if status == "trained" and not force:
+                manifest = read_manifest(paths, dataset, spec.name, seed)
+                assert manifest is not None
+                outcomes[(spec.name, seed)] = TrainOutcome(spec.name, seed, "cached", manifest)
+            else:
+                todo.append((spec, seed))
+                statuses[(spec.name, seed)] = status
+    if todo:
+        data = load_data()
+        runner = executor or LocalExecutor()
+        bar = tqdm(total=len(todo), desc="models", disable=progress_disabled())
+        for spec, seed, model, seconds in runner.train(todo, data, device):
+            manifest = save_checkpoint(
+                paths, spec, dataset, seed, model, clean_accuracy(model, data, device),
+                len(data.test_x), seconds, str(device),
+            )
+            action = {
+                "trained": "retrained (--force)",
+                "stale": "retrained (settings changed)",
+                "corrupt": "retrained (checkpoint corrupt)",
+            }.get(statuses[(spec.name, seed)], "trained")
+            outcomes[(spec.name, seed)] = TrainOutcome(spec.name, seed, action, manifest)
+            bar.update()
+        bar.close()
+    return [outcomes[(spec.name, seed)] for seed in seeds for spec in specs]

@@ -18,7 +18,7 @@ from robustbench_sparse import harness
 from robustbench_sparse.cells import Cell
 from robustbench_sparse.executor import ENSEMBLE, Executor
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.store import ResultStore
+from robustbench_sparse.store import ArtifactStore, ResultStore
 
 
 def ensemble_id(checkpoints: list[str]) -> str:
@@ -50,10 +50,11 @@ def transfer_cells(plan: harness.Plan) -> list[Cell]:
 
 
 def run_transfer(
-    plan: harness.Plan, store: ResultStore | None = None, executor: Executor | str = "local"
+    plan: harness.Plan, store: ResultStore | None = None, executor: Executor | str = "local",
+    cache: ArtifactStore | None = None,
 ) -> pd.DataFrame:
     """Every (attack, eps) of the suite's [transfer] table, from every source to every target."""
-    return harness.run_cells(plan, transfer_cells(plan), store, executor=executor, desc="transfer")
+    return harness.run_cells(plan, transfer_cells(plan), store, cache, executor, desc="transfer")
 
 
 def transfer(
@@ -66,7 +67,7 @@ def transfer(
     home: Path | str | None = None,
     data_root: Path | str | None = None,
     download: bool = False,
-    executor: str = "local",
+    executor: Executor | str = "local",
 ) -> pd.DataFrame:
     """Run the suite's transfer attacks; long-form records with `source` and `model` (= target)."""
     plan = harness.plan(dataset, suite, models, seeds, device, backend, home, data_root, download)

@@ -1,0 +1,250 @@
+"""The Ray executor: jobs and training on a Ray cluster (a laptop, a multi-GPU box, many machines).
+
+Each job becomes a small task graph: one *craft* task (source model, evaluation, strength -> the
+perturbed set) whose result stays in Ray's object store, and one *score* task per target (target
+model, that set -> per-image correctness), so a transfer set is crafted once and scored on every
+target without a shared filesystem. Checkpoints travel as their bytes through the object store;
+the driver is the single writer of the result store and the adversarial-set cache. `train`
+sends each (model, seed) to a task and returns the weights to the driver, which writes the
+checkpoint.
+
+Every task asks for `threads` CPUs (and `gpus` of a GPU when the device is CUDA) and sets torch's
+thread count to `threads`, so N tasks on N cores do not fight. Seeds are per cell and per image,
+so the records are bit for bit those of the local executor run with the same number of threads
+per task. A task whose worker dies is retried by Ray (`max_retries`); a driver that dies loses only
+unfinished cells (the same command resumes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_sparse.cells import Job
+from robustbench_sparse.checkpoints import model_from_bytes
+from robustbench_sparse.data import Dataset, DatasetInfo
+from robustbench_sparse.evaluations import ACCURACY, kind_of
+from robustbench_sparse.executor import (
+    ENSEMBLE,
+    Ensemble,
+    Outcome,
+    TrainTask,
+    Workspace,
+    correct_flags,
+    perturbed_set,
+    score,
+    torch_threads,
+)
+from robustbench_sparse.runtime import UserError, eval_mode
+from robustbench_sparse.suites import Evaluation
+from robustbench_sparse.zoo import ModelSpec, build_model
+
+Recipe = tuple[ModelSpec, bytes]  # a model as it travels: its spec and its checkpoint's bytes
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        raise UserError("--executor ray needs the `ray` package (pip install 'ray==2.60.0')") from None
+    return ray
+
+
+def _model(info: DatasetInfo, ensemble: bool, recipes: tuple[Recipe, ...], device: str) -> nn.Module:
+    models = [model_from_bytes(spec, info, data, device) for spec, data in recipes]
+    return Ensemble(models).eval() if ensemble else models[0]
+
+
+# --- the tasks (plain functions; RayExecutor wraps them with ray.remote) ------------------------
+
+def craft_task(info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor, y: torch.Tensor,
+               device: str, eval_seed: int, batch_size: int, threads: int, ensemble: bool,
+               *source: Recipe) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    with torch_threads(threads):
+        model = _model(info, ensemble, source, device)
+        with eval_mode(model):
+            inputs = perturbed_set(model, evaluation, strength, x, y, info, torch.device(device), eval_seed,
+                                   batch_size)
+    return inputs, time.perf_counter() - started
+
+
+def score_task(info: DatasetInfo, inputs: torch.Tensor, y: torch.Tensor, device: str, batch_size: int, threads: int,
+               target: Recipe) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    with torch_threads(threads):
+        model = _model(info, False, (target,), device)
+        with eval_mode(model):
+            flags = score(model, inputs, y, torch.device(device), batch_size)
+    return flags, time.perf_counter() - started
+
+
+def measure_task(info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor, y: torch.Tensor,
+                 device: str, eval_seed: int, batch_size: int, threads: int,
+                 target: Recipe) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    with torch_threads(threads):
+        model = _model(info, False, (target,), device)
+        with eval_mode(model):
+            flags = correct_flags(model, evaluation, strength, x, y, info, torch.device(device), eval_seed,
+                                  batch_size)
+    return flags, time.perf_counter() - started
+
+
+def train_task(spec: ModelSpec, data: Dataset, seed: int, device: str, threads: int) -> tuple[dict[str, Any], float]:
+    from robustbench_sparse.train import train_model
+
+    started = time.perf_counter()
+    with torch_threads(threads):
+        model = train_model(spec, data, seed, torch.device(device))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, time.perf_counter() - started
+
+
+@dataclass
+class _Running:
+    """A job whose tasks are in flight."""
+
+    job: Job
+    flags: list[torch.Tensor | None]
+    seconds: list[float]
+    pending: int = 0
+    crafted: bool = True
+    craft_seconds: float = 0.0
+    set_ref: Any = None
+    waiting_for_set: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RayExecutor:
+    """Jobs and training as Ray tasks. With `address`, joins a running cluster (`ray start --head`);
+    otherwise starts a private Ray on this machine with `workers` CPUs (default: all) for the run
+    and shuts it down afterwards."""
+
+    def __init__(self, address: str | None = None, workers: int | None = None, threads: int | None = None,
+                 gpus: float | None = None, max_retries: int = 3) -> None:
+        ray = _import_ray()
+        self.ray = ray
+        if workers is not None and workers < 1:
+            raise UserError(f"--workers must be >= 1, got {workers}")
+        if address and workers:
+            raise UserError("--workers sizes a local Ray; a cluster's size is set where it was started "
+                            "(`ray start --num-cpus N`); give one of --address and --workers")
+        self.threads = threads or 1
+        if self.threads < 1:
+            raise UserError(f"threads must be >= 1, got {threads}")
+        self.gpus = gpus
+        self.max_retries = max_retries
+        self._started = False
+        if not ray.is_initialized():
+            try:
+                if address:
+                    # A cluster on loopback (one machine) needs the driver on loopback too; elsewhere
+                    # Ray finds the address the cluster can reach this machine at.
+                    local = address.split(":")[0] in ("127.0.0.1", "localhost")
+                    ray.init(address=address, log_to_driver=False, configure_logging=False,
+                             **({"_node_ip_address": "127.0.0.1"} if local else {}))
+                else:
+                    ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                             configure_logging=False, _node_ip_address="127.0.0.1")
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {err}") from None
+            self._started = True
+        cpus = ray.cluster_resources().get("CPU", 1)
+        self.slots = max(1, int(cpus // self.threads))
+        self._tasks = {f.__name__: ray.remote(f) for f in (craft_task, score_task, measure_task, train_task)}
+
+    def _options(self, device: torch.device) -> dict[str, Any]:
+        gpus = (self.gpus if self.gpus is not None else 0.5) if device.type == "cuda" else 0
+        return {"num_cpus": self.threads, "num_gpus": gpus, "max_retries": self.max_retries}
+
+    def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]:
+        ray, opts, device = self.ray, self._options(ws.device), str(ws.device)
+        craft = self._tasks["craft_task"].options(num_returns=2, **opts)
+        score_, measure = (self._tasks[n].options(**opts) for n in ("score_task", "measure_task"))
+        x_ref, y_ref = ray.put(ws.x), ray.put(ws.y)
+        recipes: dict[tuple[str, int], Any] = {}
+
+        def recipe(name: str, seed: int) -> Any:
+            if (name, seed) not in recipes:
+                recipes[(name, seed)] = ray.put(ws.checkpoint(name, seed))
+            return recipes[(name, seed)]
+
+        waiting: dict[Any, tuple[_Running, str, int]] = {}
+
+        def submit(job: Job) -> None:
+            first = job.cells[0]
+            evaluation, strength = first.evaluation, first.strength
+            run = _Running(job, [None] * len(job.cells), [0.0] * len(job.cells))
+            common = (evaluation, strength, x_ref, y_ref, device, first.eval_seed, first.batch_size, self.threads)
+            if kind_of(evaluation.kind).metric != ACCURACY:  # one cell: a measurement of its model
+                waiting[measure.remote(ws.info, *common, recipe(first.model, first.seed))] = (run, "score", 0)
+                run.pending = 1
+                return
+            source = first.crafted_on[0]
+            cached = ws.cache.load(first.set_key) if job.crafts else None
+            if cached is not None:
+                run.set_ref, run.crafted = ray.put(cached), False
+            else:
+                members = ws.ensemble if source == ENSEMBLE else (source,)
+                run.set_ref, seconds = craft.remote(
+                    ws.info, *common, source == ENSEMBLE, *(recipe(m, first.seed) for m in members))
+                waiting[seconds] = (run, "craft", 0)
+                run.pending += 1
+            for i, cell in enumerate(job.cells):
+                ref = score_.remote(ws.info, run.set_ref, y_ref, device, cell.batch_size, self.threads,
+                                    recipe(cell.model, cell.seed))
+                waiting[ref] = (run, "score", i)
+                run.pending += 1
+
+        pending_jobs = iter(jobs)
+        running, exhausted = 0, False
+        while True:
+            while not exhausted and running < 2 * self.slots:  # keep every worker busy, lease little ahead
+                job = next(pending_jobs, None)
+                if job is None:
+                    exhausted = True
+                else:
+                    submit(job)
+                    running += 1
+            if not waiting:
+                return
+            (ref,), _ = ray.wait(list(waiting), num_returns=1)
+            run, role, i = waiting.pop(ref)
+            value = ray.get(ref)  # a task that failed after its retries raises here
+            run.pending -= 1
+            if role == "craft":
+                run.craft_seconds = value
+                if run.job.crafts:  # the driver is the only writer of the cache
+                    ws.cache.save(run.job.cells[0].set_key, ray.get(run.set_ref))
+            else:
+                run.flags[i], run.seconds[i] = value
+            if run.pending == 0:
+                running -= 1
+                seconds = tuple(s + (run.craft_seconds if c.crafted_on[0] == c.model else 0.0)
+                                for s, c in zip(run.seconds, run.job.cells, strict=True))
+                yield Outcome(run.job, tuple(run.flags), seconds, run.crafted)  # type: ignore[arg-type]
+
+    def train(self, tasks: list[TrainTask], data: Dataset, device: torch.device) -> Iterator[
+            tuple[ModelSpec, int, nn.Module, float]]:
+        ray = self.ray
+        task = self._tasks["train_task"].options(**self._options(device))
+        data_ref = ray.put(data)
+        refs = {task.remote(spec, data_ref, seed, str(device), self.threads): (spec, seed) for spec, seed in tasks}
+        while refs:
+            (ref,), _ = ray.wait(list(refs), num_returns=1)
+            spec, seed = refs.pop(ref)
+            state, seconds = ray.get(ref)
+            model = build_model(spec, data.info)
+            model.load_state_dict(state)
+            yield spec, seed, model.to(device), seconds
+
+    def close(self) -> None:
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
