@@ -30,7 +30,7 @@ def fresh_home(source: Paths, folder: Path) -> Path:
 
 
 def evaluate(home: Path, suite: str, dataset: str) -> subprocess.Popen:
-    env = {**os.environ, "RBS_NO_PROGRESS": "1"}
+    env = {**os.environ, "RBS_NO_PROGRESS": "1"}  # OMP_* settings of the caller are passed on
     return subprocess.Popen([sys.executable, "-m", "robustbench_sparse.cli", "evaluate", "--suite", suite,
                              "--dataset", dataset, "--home", str(home), "--device", "cpu"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -65,6 +65,9 @@ def main() -> None:
         print(f"ratio two / one = {both / single:.2f} (target <= 1.3)")
         print(f"records in the shared store: {stores[1].count()} (cells: {len(keys)})")
         print(f"records identical to the single run: {frames[0].equals(frames[1])}")
+        busy = [s.frame(keys)["seconds"].sum() for s in stores]
+        print(f"sum of per-cell compute seconds: one process {busy[0]:.1f} s, two processes {busy[1]:.1f} s "
+              "(equal when no work is repeated and the processes do not slow each other down)")
 
 
 if __name__ == "__main__":

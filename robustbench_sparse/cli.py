@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import pandas as pd
 import typer
 
-from robustbench_sparse.attacks import BACKENDS
+from robustbench_sparse.attacks import BACKENDS, BudgetViolation
 from robustbench_sparse.data import DATASETS, default_data_root, load_dataset
 from robustbench_sparse.executor import EXECUTORS
 from robustbench_sparse.runtime import DEVICES, Paths, UserError, resolve_device
@@ -71,6 +71,9 @@ def _user_errors(func: F) -> F:
         except UserError as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except BudgetViolation as err:  # an attack library broke its threat model: no number is reported
+            typer.secho(f"error: {err}; no result was stored for that cell", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -45,16 +45,23 @@ def perturbed_set(
     device: torch.device,
     eval_seed: int,
     batch_size: int,
+    offset: int = 0,
 ) -> torch.Tensor:
-    """Craft: the whole perturbed test set (on the CPU), the model in eval mode. Noise is drawn per
-    image; attacks that draw per batch get a seed per batch."""
+    """Craft: the perturbed test set (on the CPU), the model in eval mode. Noise is drawn per image;
+    attacks that draw per batch get a seed per batch. `x` may be a slice of the test set that
+    starts at image `offset` (a multiple of the batch size): the slices of a set crafted apart
+    join into the set crafted whole, bit for bit."""
+    if offset % batch_size:
+        raise ValueError(f"offset {offset} is not a multiple of the batch size {batch_size}")
     params = evaluation.params_at(strength)
     spec = evaluation.spec(strength)
     parts = []
-    for i, start in enumerate(range(0, len(x), batch_size)):
+    for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        seeds = image_seeds(eval_seed, spec, start, len(xb))
-        parts.append(perturb(evaluation.kind, params, model, xb, yb, info, seeds, stable_seed(eval_seed, spec, i)).cpu())
+        first = offset + start
+        seeds = image_seeds(eval_seed, spec, first, len(xb))
+        batch_seed = stable_seed(eval_seed, spec, first // batch_size)
+        parts.append(perturb(evaluation.kind, params, model, xb, yb, info, seeds, batch_seed).cpu())
     return torch.cat(parts) if parts else x[:0].clone()
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_sparse.cells import Job
+from robustbench_sparse.cells import Job, environment_id
 from robustbench_sparse.checkpoints import model_from_bytes
 from robustbench_sparse.data import Dataset, DatasetInfo
 from robustbench_sparse.evaluations import ACCURACY, kind_of
@@ -56,6 +56,16 @@ def _import_ray() -> Any:
     return ray
 
 
+def _same_environment(expected: str) -> None:
+    """A worker must compute with the driver's libraries and code, or its numbers would be stored
+    under keys that do not describe them."""
+    from robustbench_sparse.cells import environment, environment_id
+
+    if environment_id() != expected:
+        raise RuntimeError(f"this Ray worker runs other versions or code than the driver ({environment()}); "
+                           "install the same robustbench-sparse, torch, torchattacks and foolbox on every node")
+
+
 def _model(info: DatasetInfo, ensemble: bool, recipes: tuple[Recipe, ...], device: str) -> nn.Module:
     models = [model_from_bytes(spec, info, data, device) for spec, data in recipes]
     return Ensemble(models).eval() if ensemble else models[0]
@@ -63,21 +73,26 @@ def _model(info: DatasetInfo, ensemble: bool, recipes: tuple[Recipe, ...], devic
 
 # --- the tasks (plain functions; RayExecutor wraps them with ray.remote) ------------------------
 
-def craft_task(info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor, y: torch.Tensor,
-               device: str, eval_seed: int, batch_size: int, threads: int, ensemble: bool,
-               *source: Recipe) -> tuple[torch.Tensor, float]:
+def craft_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor,
+               y: torch.Tensor, device: str, eval_seed: int, batch_size: int, threads: int, start: int, stop: int,
+               ensemble: bool, *source: Recipe) -> tuple[torch.Tensor, float]:
+    """Images start..stop of the perturbed set (a whole number of batches)."""
+    _same_environment(env)
     started = time.perf_counter()
     with torch_threads(threads):
         model = _model(info, ensemble, source, device)
         with eval_mode(model):
-            inputs = perturbed_set(model, evaluation, strength, x, y, info, torch.device(device), eval_seed,
-                                   batch_size)
+            inputs = perturbed_set(model, evaluation, strength, x[start:stop], y[start:stop], info,
+                                   torch.device(device), eval_seed, batch_size, offset=start)
     return inputs, time.perf_counter() - started
 
 
-def score_task(info: DatasetInfo, inputs: torch.Tensor, y: torch.Tensor, device: str, batch_size: int, threads: int,
-               target: Recipe) -> tuple[torch.Tensor, float]:
+def score_task(env: str, info: DatasetInfo, y: torch.Tensor, device: str, batch_size: int, threads: int,
+               target: Recipe, *chunks: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The target's per-image correctness on the set (given as its chunks, in order)."""
+    _same_environment(env)
     started = time.perf_counter()
+    inputs = torch.cat(chunks)
     with torch_threads(threads):
         model = _model(info, False, (target,), device)
         with eval_mode(model):
@@ -85,9 +100,10 @@ def score_task(info: DatasetInfo, inputs: torch.Tensor, y: torch.Tensor, device:
     return flags, time.perf_counter() - started
 
 
-def measure_task(info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor, y: torch.Tensor,
-                 device: str, eval_seed: int, batch_size: int, threads: int,
+def measure_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor,
+                 y: torch.Tensor, device: str, eval_seed: int, batch_size: int, threads: int,
                  target: Recipe) -> tuple[torch.Tensor, float]:
+    _same_environment(env)
     started = time.perf_counter()
     with torch_threads(threads):
         model = _model(info, False, (target,), device)
@@ -97,9 +113,11 @@ def measure_task(info: DatasetInfo, evaluation: Evaluation, strength: float, x: 
     return flags, time.perf_counter() - started
 
 
-def train_task(spec: ModelSpec, data: Dataset, seed: int, device: str, threads: int) -> tuple[dict[str, Any], float]:
+def train_task(env: str, spec: ModelSpec, data: Dataset, seed: int, device: str,
+               threads: int) -> tuple[dict[str, Any], float]:
     from robustbench_sparse.train import train_model
 
+    _same_environment(env)
     started = time.perf_counter()
     with torch_threads(threads):
         model = train_model(spec, data, seed, torch.device(device))
@@ -116,9 +134,8 @@ class _Running:
     pending: int = 0
     crafted: bool = True
     craft_seconds: float = 0.0
-    set_ref: Any = None
-    waiting_for_set: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    chunks: list[Any] = field(default_factory=list)  # object refs of the set's parts, in order
+    crafting: int = 0  # craft tasks not yet finished
 
 
 class RayExecutor:
@@ -168,6 +185,7 @@ class RayExecutor:
         craft = self._tasks["craft_task"].options(num_returns=2, **opts)
         score_, measure = (self._tasks[n].options(**opts) for n in ("score_task", "measure_task"))
         x_ref, y_ref = ray.put(ws.x), ray.put(ws.y)
+        env = environment_id()
         recipes: dict[tuple[str, int], Any] = {}
 
         def recipe(name: str, seed: int) -> Any:
@@ -183,22 +201,27 @@ class RayExecutor:
             run = _Running(job, [None] * len(job.cells), [0.0] * len(job.cells))
             common = (evaluation, strength, x_ref, y_ref, device, first.eval_seed, first.batch_size, self.threads)
             if kind_of(evaluation.kind).metric != ACCURACY:  # one cell: a measurement of its model
-                waiting[measure.remote(ws.info, *common, recipe(first.model, first.seed))] = (run, "score", 0)
+                waiting[measure.remote(env, ws.info, *common, recipe(first.model, first.seed))] = (run, "score", 0)
                 run.pending = 1
                 return
             source = first.crafted_on[0]
             cached = ws.cache.load(first.set_key) if job.crafts else None
             if cached is not None:
-                run.set_ref, run.crafted = ray.put(cached), False
+                run.chunks, run.crafted = [ray.put(cached)], False
             else:
+                # One craft task per batch: the set is crafted in parallel, bit for bit as a whole.
                 members = ws.ensemble if source == ENSEMBLE else (source,)
-                run.set_ref, seconds = craft.remote(
-                    ws.info, *common, source == ENSEMBLE, *(recipe(m, first.seed) for m in members))
-                waiting[seconds] = (run, "craft", 0)
-                run.pending += 1
+                sources = [recipe(m, first.seed) for m in members]
+                for start in range(0, len(ws.x), first.batch_size):
+                    chunk, seconds = craft.remote(env, ws.info, *common, start, start + first.batch_size,
+                                                  source == ENSEMBLE, *sources)
+                    run.chunks.append(chunk)
+                    waiting[seconds] = (run, "craft", 0)
+                    run.pending += 1
+                    run.crafting += 1
             for i, cell in enumerate(job.cells):
-                ref = score_.remote(ws.info, run.set_ref, y_ref, device, cell.batch_size, self.threads,
-                                    recipe(cell.model, cell.seed))
+                ref = score_.remote(env, ws.info, y_ref, device, cell.batch_size, self.threads,
+                                    recipe(cell.model, cell.seed), *run.chunks)
                 waiting[ref] = (run, "score", i)
                 run.pending += 1
 
@@ -219,9 +242,10 @@ class RayExecutor:
             value = ray.get(ref)  # a task that failed after its retries raises here
             run.pending -= 1
             if role == "craft":
-                run.craft_seconds = value
-                if run.job.crafts:  # the driver is the only writer of the cache
-                    ws.cache.save(run.job.cells[0].set_key, ray.get(run.set_ref))
+                run.craft_seconds += value
+                run.crafting -= 1
+                if run.crafting == 0 and run.job.crafts:  # the driver is the only writer of the cache
+                    ws.cache.save(run.job.cells[0].set_key, torch.cat(ray.get(run.chunks)))
             else:
                 run.flags[i], run.seconds[i] = value
             if run.pending == 0:
@@ -235,7 +259,8 @@ class RayExecutor:
         ray = self.ray
         task = self._tasks["train_task"].options(**self._options(device))
         data_ref = ray.put(data)
-        refs = {task.remote(spec, data_ref, seed, str(device), self.threads): (spec, seed) for spec, seed in tasks}
+        env = environment_id()
+        refs = {task.remote(env, spec, data_ref, seed, str(device), self.threads): (spec, seed) for spec, seed in tasks}
         while refs:
             (ref,), _ = ray.wait(list(refs), num_returns=1)
             spec, seed = refs.pop(ref)

@@ -51,6 +51,11 @@ def fired_checks(checks: pd.DataFrame) -> dict[str, list[str]]:
     return {m: sorted(set(group["check"])) for m, group in fired.groupby("model", sort=False)}
 
 
+def _over_seeds(statuses: set[str]) -> str:
+    """A check's status over seeds: fired if it fired for any seed, else passed if it ran."""
+    return next(s for s in ("fired", "passed", "not run") if s in statuses)
+
+
 def make_baseline(frame: pd.DataFrame, plan: Plan) -> dict[str, Any]:
     meta = run_metadata(plan)
     checks = masking_checks(frame, plan.info.num_classes)
@@ -68,7 +73,7 @@ def make_baseline(frame: pd.DataFrame, plan: Plan) -> dict[str, Any]:
         "environment": {k: meta[k] for k in ("split", "test_fingerprint", "device", "versions", "code", "checkpoints",
                                             "date", "suite_file")},
         "cells": list(cell_stats(frame).values()),
-        "masking_checks": {m: {r["check"]: r["status"] for _, r in part.iterrows()}
+        "masking_checks": {m: {check: _over_seeds(set(rows["status"])) for check, rows in part.groupby("check")}
                            for m, part in checks.groupby("model", sort=False)},
         "fired": fired_checks(checks),
     }

@@ -22,7 +22,8 @@ from robustbench_sparse.store import ArtifactStore, ResultStore
 
 
 def ensemble_id(checkpoints: list[str]) -> str:
-    return hashlib.sha256("+".join(sorted(checkpoints)).encode()).hexdigest()
+    """The ensemble's identity: its members in order (the order of the mean's float sums)."""
+    return hashlib.sha256("+".join(checkpoints).encode()).hexdigest()
 
 
 def _sources(plan: harness.Plan, seed: int) -> dict[str, str]:

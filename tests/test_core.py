@@ -333,3 +333,36 @@ def test_suites_parse_strengths_canonically():
     assert suite.evaluation("pgd").strengths == (1.0, 0.5)
     with pytest.raises(UserError, match="lists a strength twice"):
         parse_suite('[[evaluations]]\nkind = "pgd"\neps = [1, 1.0]\n', "s", dataset_info("mnist5k"))
+
+
+def test_a_renamed_evaluation_reuses_its_cells_under_the_new_name(home, monkeypatch):
+    plan = _plan(home)
+    harness.run(plan)
+    text = SUITE.format(bs=10, eps="0.1").replace('kind = "fgsm"', 'kind = "fgsm"\nname = "fgsm-renamed"')
+    (home.suites / "keys.toml").write_text(text)
+    renamed = harness.plan("mnist5k", "keys", ["dense"], device="cpu", home=home.home)
+    monkeypatch.setattr(harness, "make_record", lambda *a, **k: pytest.fail("a stored cell was recomputed"))
+    frame = harness.run(renamed)
+    assert "fgsm-renamed" in set(frame["evaluation"]) and "fgsm" not in set(frame["evaluation"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[evaluations]]\nkind = "pgd"\neps = [0.1]\n[[evaluations]]\nkind = "pgd"\nname = "again"\neps = [0.1]\n',
+     "evaluations 'pgd' and 'again' are the same at 0.1"),
+    ('[[evaluations]]\nkind = "pgd"\neps = [0.1]\n[transfer]\nstrengths = 0.1\n', "`strengths` must be a list of numbers"),
+    ('[[evaluations]]\nkind = "pgd"\neps = [0.1]\n[transfer]\nensemble = "dense"\n', "`ensemble` must be a list of names"),
+    ('transfer = "x"\n[[evaluations]]\nkind = "pgd"\neps = [0.1]\n', "`transfer` must be a table"),
+    ('evaluations = ["pgd"]\n', "`evaluations` must be a list of tables"),
+])
+def test_malformed_suites_are_clear_errors(text, message):
+    from robustbench_sparse.data import dataset_info
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_suite(text, "bad", dataset_info("mnist5k"))
+
+
+def test_an_ensemble_member_that_is_no_model_is_refused(home):
+    (home.suites / "ens.toml").write_text('[[evaluations]]\nkind = "fgsm"\neps = [0.1]\n'
+                                          '[transfer]\nensemble = ["dense", "dropuot"]\n')
+    result = _rbs(home, "transfer", "--suite", "ens")
+    assert result.exit_code == 2 and "member(s) dropuot are not zoo models" in result.output

@@ -116,6 +116,8 @@ def test_three_seeds_give_mean_and_std_in_baseline_and_report(home, tmp_path):
     assert made.exit_code == 0, made.output
     doc = json.loads(out.read_text())
     assert doc["seeds"] == [0, 1, 2]
+    for model, fired in doc["fired"].items():  # a check that fired for any seed is "fired" overall
+        assert all(doc["masking_checks"][model][check] == "fired" for check in fired)
     stds = [c["accuracy"]["std"] for c in doc["cells"]]
     assert all(len(c["accuracy"]["per_seed"]) == 3 for c in doc["cells"]) and max(stds) > 0
     passed = _rbs(home, "check", "--baseline", str(out), "--sigma", "3", "--tolerance", "0", "--allow-missing")
