@@ -263,10 +263,6 @@ def check_summary(checks: pd.DataFrame, model: str) -> str:
     return "; ".join(parts)
 
 
-def flags_frame(flags: list[Flag]) -> pd.DataFrame:
-    return pd.DataFrame([vars(f) for f in flags], columns=["model", "seed", "check", "evidence"])
-
-
 def most_effective(records: pd.DataFrame) -> pd.DataFrame:
     """Per model, seed and eps > 0: plain PGD accuracy (%) beside the per-sample worst case over
     every attack run against the model (white-box, BPDA, black-box and transfer), and which

@@ -141,7 +141,6 @@ class Outcome:
     job: Job
     flags: tuple[torch.Tensor, ...]
     seconds: tuple[float, ...]
-    crafted: bool  # False when the perturbed set came from the cache
 
 
 def run_job(job: Job, ws: Workspace) -> Outcome:
@@ -156,13 +155,13 @@ def run_job(job: Job, ws: Workspace) -> Outcome:
             # A measurement of the model itself (one cell per job: its set key names the model).
             flags = correct_flags(source, evaluation, strength, ws.x, ws.y, ws.info, ws.device, first.eval_seed,
                                   first.batch_size)
-            return Outcome(job, (flags,), (time.perf_counter() - started,), True)
+            return Outcome(job, (flags,), (time.perf_counter() - started,))
         if job.crafts:
-            inputs, crafted = ws.cache.get(first.set_key, lambda: perturbed_set(
+            inputs, _ = ws.cache.get(first.set_key, lambda: perturbed_set(
                 source, evaluation, strength, ws.x, ws.y, ws.info, ws.device, first.eval_seed, first.batch_size))
         else:
-            inputs, crafted = perturbed_set(source, evaluation, strength, ws.x, ws.y, ws.info, ws.device,
-                                            first.eval_seed, first.batch_size), True
+            inputs = perturbed_set(source, evaluation, strength, ws.x, ws.y, ws.info, ws.device,
+                                   first.eval_seed, first.batch_size)
         craft_seconds = time.perf_counter() - started
         flags_list, seconds = [], []
         for cell in job.cells:
@@ -171,7 +170,7 @@ def run_job(job: Job, ws: Workspace) -> Outcome:
             flags_list.append(score(target, inputs, ws.y, ws.device, cell.batch_size))
             own = cell.crafted_on[0] == cell.model
             seconds.append(time.perf_counter() - t0 + (craft_seconds if own else 0.0))
-    return Outcome(job, tuple(flags_list), tuple(seconds), crafted)
+    return Outcome(job, tuple(flags_list), tuple(seconds))
 
 
 TrainTask = tuple[ModelSpec, int]  # (model, seed)

@@ -132,7 +132,6 @@ class _Running:
     flags: list[torch.Tensor | None]
     seconds: list[float]
     pending: int = 0
-    crafted: bool = True
     craft_seconds: float = 0.0
     chunks: list[Any] = field(default_factory=list)  # object refs of the set's parts, in order
     crafting: int = 0  # craft tasks not yet finished
@@ -207,7 +206,7 @@ class RayExecutor:
             source = first.crafted_on[0]
             cached = ws.cache.load(first.set_key) if job.crafts else None
             if cached is not None:
-                run.chunks, run.crafted = [ray.put(cached)], False
+                run.chunks = [ray.put(cached)]
             else:
                 # One craft task per batch: the set is crafted in parallel, bit for bit as a whole.
                 members = ws.ensemble if source == ENSEMBLE else (source,)
@@ -252,7 +251,7 @@ class RayExecutor:
                 running -= 1
                 seconds = tuple(s + (run.craft_seconds if c.crafted_on[0] == c.model else 0.0)
                                 for s, c in zip(run.seconds, run.job.cells, strict=True))
-                yield Outcome(run.job, tuple(run.flags), seconds, run.crafted)  # type: ignore[arg-type]
+                yield Outcome(run.job, tuple(run.flags), seconds)  # type: ignore[arg-type]
 
     def train(self, tasks: list[TrainTask], data: Dataset, device: torch.device) -> Iterator[
             tuple[ModelSpec, int, nn.Module, float]]:
