@@ -12,6 +12,15 @@ Adaptive options against gradient masking (REFERENCE.md section 7):
 - `restarts`: PGD re-run with derived seeds, keeping per sample the first example that fools;
 - `square`: a random search that needs no gradients at all;
 - `gradient_health`: the fraction of inputs whose input gradient is zero or not finite.
+
+Per-image early stopping (`early_stop`, I-FGSM, MI-FGSM and PGD with the torchattacks backend): an
+image stops being attacked at the first iterate the model misclassifies and keeps that iterate.
+The loop is our own (torchattacks and foolbox attack every image for every step) and mirrors
+torchattacks' BIM, MIFGSM and PGD operation for operation, random start included (the same seed,
+the same batch-wide draw), so each image follows exactly the trajectory the library would give it,
+cut short: an image the library fools is fooled here too, so accuracy is never higher.
+`craft(..., todo=mask)` attacks only the masked images of a batch (the sweep pruning of
+`executor.perturbed_set`), still drawing the random start for the whole batch.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from robustbench_sparse.sparse import kwinner_layers
 BACKENDS = ("torchattacks", "foolbox")
 ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd", "square")
 GRADIENT_ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd")  # the kinds that take `bpda`
+ITERATIVE_ATTACKS = ("ifgsm", "mifgsm", "pgd")  # the kinds that take `early_stop`
 FOOLBOX_ATTACKS = ("fgsm", "ifgsm", "pgd")  # foolbox 3 has no MI-FGSM (nor Square)
 BPDA_MODES = ("none", "relu", "identity")  # "none": the true (mask) gradient of k-winners
 PGD_LOSSES = ("ce", "margin")
@@ -91,33 +101,108 @@ def batch_dependent(kind: str, params: dict[str, Any]) -> bool:
     return bool(params.get("random_start", True)) or int(params.get("restarts", 1)) > 1
 
 
-def _margin_pgd(
-    model: nn.Module, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, image_seeds: list[int]
-) -> torch.Tensor:
-    """L-inf PGD that ascends the margin loss.
+def _random_start(kind: str, params: dict[str, Any], x: torch.Tensor, seed: int,
+                  image_seeds: list[int]) -> torch.Tensor:
+    """The iterate an attack starts from, for the whole batch `x`.
 
-    Hand-written because torchattacks.PGD hard-codes cross-entropy (and foolbox's LinfPGD too), and
-    the margin is the loss that does not saturate when the softmax does. Same scheme as
-    torchattacks.PGD: uniform random start in the ball, signed steps of alpha, projection onto the
-    eps-ball and [0, 1] after every step. The start is drawn per image from its own seed, so the
-    result does not depend on the batch.
+    Cross-entropy PGD: exactly torchattacks.PGD's draw, one uniform tensor for the whole batch from
+    the global RNG seeded with `seed` (so a batch's images start where the library starts them).
+    Margin PGD: a uniform start per image from its own seed (the result does not depend on the
+    batch). I-FGSM, MI-FGSM and PGD without random start begin at x.
+    """
+    eps = params["eps"]
+    if kind != "pgd" or not params.get("random_start", True):
+        return x.clone()
+    if params.get("loss", "ce") == "margin":
+        noise = torch.stack([torch.rand(x.shape[1:], generator=generator(s)) for s in image_seeds]).to(x)
+        return (x + (noise * (2 * eps) - eps)).clamp(0, 1)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        noise = torch.empty_like(x).uniform_(-eps, eps)
+    return torch.clamp(x + noise, min=0, max=1)
+
+
+def _iterate(
+    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int,
+    image_seeds: list[int], rows: torch.Tensor, stop: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One run of an iterative attack on the images `rows` of the batch `x`, each image stopped at
+    its first misclassified iterate (`stop`; else every image runs every step). Returns
+    (adversarial rows, stopped rows).
+
+    Hand-written because torchattacks and foolbox have no per-image early exit. Each update is
+    torchattacks' own (v3.5: BIM, MIFGSM, PGD), in the same floating-point order:
+    - the loss is the cross-entropy averaged over the batch the library would be called on (the
+      whole batch `x`); the margin loss (max_{j != y} z_j - z_y, our margin PGD) is summed;
+    - PGD and MI-FGSM: x' <- clamp(x + clamp(x' + alpha sign(g) - x, -eps, eps), 0, 1);
+    - I-FGSM: x' <- min(max(x' + alpha sign(g), max(x - eps, 0)), x + eps, 1);
+    - MI-FGSM: g <- g / mean|g| + decay m per image, m <- g (where the gradient is exactly zero this
+      is 0 / 0 = NaN, as in the library; torch's sign(NaN) = 0, so such an image stops moving).
+    The model's output for an image does not depend on the other images of its batch (eval mode),
+    so dropping the finished images leaves the others' trajectories bit for bit the library's.
+    The iterate after the last step is returned unchecked, as the library returns it.
     """
     eps, alpha, steps = params["eps"], step_size(params), params["steps"]
-    x, y = x.detach(), y.detach()
-    adv = x.clone()
-    if params.get("random_start", True):
-        start = torch.stack([
-            torch.rand(x.shape[1:], generator=generator(s)) for s in image_seeds
-        ]).to(x) * (2 * eps) - eps
-        adv = (adv + start).clamp(0, 1)
+    margin = kind == "pgd" and params.get("loss", "ce") == "margin"
+    scale = len(x)  # CrossEntropyLoss(reduction="mean") over the batch the library would see
+    x0, y0 = x[rows].detach(), y[rows].detach()
+    cur = _random_start(kind, params, x, seed, image_seeds)[rows].detach()
+    found = torch.empty_like(x0)
+    fooled = torch.zeros(len(rows), dtype=torch.bool, device=x.device)
+    at = torch.arange(len(rows), device=x.device)  # positions (in `rows`) of the images still attacked
+    momentum = torch.zeros_like(x0)
     for _ in range(steps):
-        adv.requires_grad_(True)
+        cur.requires_grad_(True)
         with torch.enable_grad():
-            loss = margin_loss(model(adv), y).sum()  # a sum: each sample's gradient is its own
-            (grad,) = torch.autograd.grad(loss, adv)
-        adv = adv.detach() + alpha * grad.sign()
-        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
-    return adv.detach()
+            logits = model(cur)
+            hit = (logits.detach().argmax(dim=1) != y0) if stop else torch.zeros_like(y0, dtype=torch.bool)
+            keep = ~hit
+            if bool(hit.any()):
+                found[at[hit]] = cur.detach()[hit]
+                fooled[at[hit]] = True
+                if not bool(keep.any()):
+                    return found, fooled
+                logits, x0, y0, at, momentum = logits[keep], x0[keep], y0[keep], at[keep], momentum[keep]
+            loss = margin_loss(logits, y0).sum() if margin else F.cross_entropy(logits, y0, reduction="sum") / scale
+            (grad,) = torch.autograd.grad(loss, cur)
+        if bool(hit.any()):
+            cur, grad = cur[keep], grad[keep]
+        cur = cur.detach()
+        if kind == "mifgsm":
+            grad = grad / torch.mean(torch.abs(grad), dim=tuple(range(1, grad.dim())), keepdim=True)
+            grad = grad + momentum * params["decay"]
+            momentum = grad
+        stepped = cur + alpha * grad.sign()
+        if kind == "ifgsm":
+            low, high = torch.clamp(x0 - eps, min=0), x0 + eps
+            above_low = torch.where(stepped >= low, stepped, low)
+            cur = torch.clamp(torch.where(above_low > high, high, above_low), max=1)
+        else:
+            delta = torch.clamp(stepped - x0, min=-eps, max=eps)
+            cur = torch.clamp(x0 + delta, min=0, max=1)
+    found[at] = cur.detach()
+    return found, fooled
+
+
+def _early_stopping(
+    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int,
+    image_seeds: list[int], rows: torch.Tensor,
+) -> torch.Tensor:
+    """The iterative attack on `rows` with per-image early stopping; with `restarts` > 1, restart r
+    (seeds as `restart_seed`) runs on the rows no earlier run fooled, its start drawn for the
+    whole batch as in the first run. Rows outside `rows` are returned as x."""
+    adv = x.clone()
+    for r in range(int(params.get("restarts", 1))):
+        if len(rows) == 0:
+            break
+        found, fooled = _iterate(model, kind, params, x, y, restart_seed(seed, r),
+                                 [restart_seed(s, r) for s in image_seeds], rows)
+        adv[rows] = found.detach()
+        rows = rows[~fooled]
+        if len(rows) and r + 1 < int(params.get("restarts", 1)):
+            rows = rows[~_fooled(model, adv[rows], y[rows])]  # the last iterates that fool are kept
+    return adv
 
 
 def _torchattacks(model: nn.Module, kind: str, params: dict[str, Any], seed: int = 0) -> Any:
@@ -171,6 +256,8 @@ def _check_combination(kind: str, params: dict[str, Any]) -> str:
         raise UserError(f"unknown loss {loss!r}; valid: {', '.join(PGD_LOSSES)}")
     if loss == "margin" and backend == "foolbox":
         raise UserError("pgd with loss=margin runs only with backend=torchattacks (foolbox attacks cross-entropy)")
+    if backend == "foolbox" and kind in ITERATIVE_ATTACKS and params.get("early_stop") is True:
+        raise UserError("early_stop=true runs our torchattacks-mirroring loop; with backend=foolbox use early_stop=false")
     return backend
 
 
@@ -186,7 +273,10 @@ def _attack_once(
         if backend == "foolbox":
             return _foolbox(model, kind, params, x, y)
         if kind == "pgd" and params.get("loss", "ce") == "margin":
-            return _margin_pgd(model, params, x, y, image_seeds)
+            # No library has margin-loss PGD (torchattacks.PGD and foolbox's LinfPGD hard-code
+            # cross-entropy): our loop, every image for every step.
+            return _iterate(model, kind, params, x, y, seed, image_seeds, torch.arange(len(x), device=x.device),
+                            stop=False)[0]
         return _torchattacks(model, kind, params, seed)(x, y)
 
 
@@ -200,13 +290,23 @@ def _fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(dim=1) != y
 
 
+def early_stops(kind: str, params: dict[str, Any]) -> bool:
+    """Whether the attack runs with per-image early stopping (our loop)."""
+    backend = params.get("backend", "torchattacks")
+    return kind in ITERATIVE_ATTACKS and backend == "torchattacks" and bool(params.get("early_stop", True))
+
+
 def craft(
     model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int,
-    image_seeds: list[int] | None = None,
+    image_seeds: list[int] | None = None, todo: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adversarial versions of x (model must already be in eval mode). Every random draw is seeded:
     by `seed` for the whole batch, or per image by `image_seeds` (default: derived from `seed`)
     where the attack is our own.
+
+    `todo` (a boolean mask over the batch): attack only those images; the others are returned as
+    x. Our early-stopping loop still draws its random start for the whole batch, so an image
+    starts where it would in a full-batch run; a library attack is called on the masked images.
 
     With `restarts` > 1 the attack runs again with derived seeds on the samples not yet fooled;
     each sample keeps the first example that fools the model (else the last one tried).
@@ -216,30 +316,47 @@ def craft(
     if kind not in ATTACKS:
         raise ValueError(f"unknown attack {kind!r}; valid: {', '.join(ATTACKS)}")
     backend = _check_combination(kind, params)
-    if params["eps"] == 0:
+    rows = torch.arange(len(x), device=x.device) if todo is None else todo.to(x.device).nonzero().flatten()
+    if params["eps"] == 0 or len(rows) == 0:
         # The eps-ball is the point x: every L-inf attack returns x exactly (a test checks each
         # backend does), so the work is skipped.
         return x.clone()
-    restarts = int(params.get("restarts", 1))
     with bpda_backward(model, params.get("bpda", "none")):
-        adv = _attack_once(model, kind, params, x, y, restart_seed(seed, 0), backend, image_seeds).detach()
-        if restarts > 1:
-            fooled = _fooled(model, adv, y)
-            for r in range(1, restarts):
-                todo = (~fooled).nonzero().flatten()
-                if len(todo) == 0:
-                    break
-                candidate = _attack_once(model, kind, params, x[todo], y[todo], restart_seed(seed, r), backend,
-                                         [restart_seed(image_seeds[i], r) for i in todo.tolist()])
-                adv[todo] = candidate.detach()  # fooled ones are kept; the rest take the newest try
-                fooled[todo] = _fooled(model, candidate, y[todo])
+        if early_stops(kind, params):
+            adv = _early_stopping(model, kind, params, x, y, seed, image_seeds, rows)
+        else:
+            adv = x.clone()
+            adv[rows] = _restarted(model, kind, params, x[rows], y[rows], seed, backend,
+                                   [image_seeds[i] for i in rows.tolist()])
     check_budget(x, adv, params["eps"])
     return adv.detach()
+
+
+def _restarted(
+    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int, backend: str,
+    image_seeds: list[int],
+) -> torch.Tensor:
+    """The library attack (or our margin PGD, every step) with its restarts on the survivors."""
+    restarts = int(params.get("restarts", 1))
+    adv = _attack_once(model, kind, params, x, y, restart_seed(seed, 0), backend, image_seeds).detach()
+    if restarts > 1:
+        fooled = _fooled(model, adv, y)
+        for r in range(1, restarts):
+            todo = (~fooled).nonzero().flatten()
+            if len(todo) == 0:
+                break
+            candidate = _attack_once(model, kind, params, x[todo], y[todo], restart_seed(seed, r), backend,
+                                     [restart_seed(image_seeds[i], r) for i in todo.tolist()])
+            adv[todo] = candidate.detach()  # fooled ones are kept; the rest take the newest try
+            fooled[todo] = _fooled(model, candidate, y[todo])
+    return adv
 
 
 def check_budget(x: torch.Tensor, adv: torch.Tensor, eps: float) -> None:
     if adv.shape != x.shape:
         raise BudgetViolation(f"attack changed the input shape {tuple(x.shape)} -> {tuple(adv.shape)}")
+    if len(x) and not bool(torch.isfinite(adv).all()):
+        raise BudgetViolation("attack returned NaN or infinite pixels")
     dist = (adv - x).abs().amax().item() if len(x) else 0.0
     if dist > eps + BOUND_TOLERANCE:
         raise BudgetViolation(f"attack exceeded its budget: ||x' - x||_inf = {dist:.6g} > eps = {eps}")

@@ -9,9 +9,11 @@ something its number depends on changes:
 - the canonical spec string, the number of test images and a fingerprint of those images and
   labels, the evaluation seed;
 - the versions of torch, torchattacks and foolbox, and a hash of this project's own code that
-  draws, crafts and scores (`NUMBER_MODULES`: noise, attacks, k-winners, evaluation kinds,
+  draws, crafts and scores (`NUMBER_MODULES`: noise, attacks, k-winners, the first conv, evaluation kinds,
   executor tasks, seeds and eval mode);
-- the batch size, only for attacks whose library draws randomness per batch.
+- the batch size, only for attacks whose library draws randomness per batch;
+- for a pruned sweep, the sweep's strengths up to the cell's (the set at eps builds on the sets
+  at every smaller eps of the sweep).
 
 It does not change for a model's description, the datasets it is declared for, the batch size of
 any other evaluation, or the device.
@@ -27,7 +29,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ COLUMNS = [
 
 # The libraries whose code computes the numbers, and our own modules that do.
 NUMBER_LIBRARIES = ("torch", "torchattacks", "foolbox")
-NUMBER_MODULES = ("noise.py", "attacks.py", "sparse.py", "evaluations.py", "executor.py", "runtime.py")
+NUMBER_MODULES = ("noise.py", "attacks.py", "sparse.py", "layers.py", "evaluations.py", "executor.py", "runtime.py")
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,7 +108,17 @@ class Cell:
     def _inputs(self) -> str:
         """Everything the perturbed set depends on, apart from the model it is crafted on."""
         bs = f"|bs={self.batch_size}" if self.batch_dependent else ""
-        return f"{self.spec}|n={self.n}|data={self.data[:16]}|evalseed={self.eval_seed}{bs}|env={environment_id()}"
+        chain = self.evaluation.chain(self.strength)
+        pruned = f"|chain={','.join(f'{s:g}' for s in chain)}" if chain else ""
+        return (f"{self.spec}|n={self.n}|data={self.data[:16]}|evalseed={self.eval_seed}{bs}{pruned}"
+                f"|env={environment_id()}")
+
+    @property
+    def previous(self) -> Cell | None:
+        """For a pruned sweep, the cell at the sweep's next smaller eps > 0, on the same source:
+        its set is where this cell's set starts."""
+        chain = self.evaluation.chain(self.strength)
+        return replace(self, strength=chain[-2]) if len(chain) > 1 else None
 
     @property
     def set_key(self) -> str:

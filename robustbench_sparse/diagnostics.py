@@ -28,7 +28,8 @@ from robustbench_sparse.evaluations import parse_spec
 LABELS = {"fgsm": "FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd": "PGD", "square": "Square"}
 # The six checks: name, and what a suite must run for each (shown when it could not run).
 CHECK_NEEDS = {
-    1: ("one-step beats iterative", "FGSM beside I-FGSM or PGD at one eps, or an attack swept over two eps"),
+    1: ("one-step beats iterative",
+        "FGSM beside I-FGSM or PGD at one eps, or an attack swept over two eps with prune = false"),
     2: ("more effort does not help",
         "PGD, PGD with >= 5x steps x restarts, and Square, BPDA or transfer at one eps < 1"),
     3: ("unbounded eps does not break it", "PGD at eps = 1"),
@@ -72,20 +73,27 @@ def _true_gradients(records: pd.DataFrame) -> pd.Series:
     return records["spec"].map(lambda s: _params(s).get("bpda", "none") == "none").astype(bool)
 
 
+def _unpruned(records: pd.DataFrame) -> pd.Series:
+    """A mask of the records whose sweep was not pruned: only there can accuracy rise with eps (a
+    pruned sweep is monotone by construction, so it says nothing about the gradients)."""
+    return records["spec"].map(lambda s: not _params(s).get("prune", False)).astype(bool)
+
+
 def _pct(x: float) -> str:
     return f"{x:.1f}%"
 
 
 def ordering_flags(df: pd.DataFrame, tolerance: float = 2.0, monotone_tolerance: float = 1.0) -> list[Flag]:
     """Check 1 on white-box gradient attacks (true gradients only), in accuracy points:
-    accuracy must not rise with eps beyond `monotone_tolerance` (sampling noise), and at each
-    eps > 0, PGD <= I-FGSM + tolerance and I-FGSM, PGD <= FGSM + tolerance."""
+    accuracy must not rise with eps beyond `monotone_tolerance` (sampling noise; unpruned sweeps
+    only), and at each eps > 0, PGD <= I-FGSM + tolerance and I-FGSM, PGD <= FGSM + tolerance."""
     flags = []
     wb = white_box(df)
     if "spec" in wb.columns:
         wb = wb[_true_gradients(wb)]
     for (model, seed), group in wb.groupby(["model", "seed"], sort=False):
-        for evaluation, sweep in group.groupby("evaluation", sort=False):
+        sweeps = group[_unpruned(group)] if "spec" in group.columns else group
+        for evaluation, sweep in sweeps.groupby("evaluation", sort=False):
             sweep = sweep.sort_values("strength")
             acc, eps = sweep["accuracy"].to_numpy() * 100, sweep["strength"].to_numpy()
             for i in range(1, len(acc)):
@@ -198,10 +206,10 @@ def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, t
 
 def _ordering_ran(records: pd.DataFrame, model: str) -> bool:
     """Check 1 has what it needs: FGSM beside I-FGSM or PGD (or I-FGSM beside PGD) at one eps > 0,
-    or a white-box gradient attack swept over two eps."""
+    or a white-box gradient attack swept over two eps without pruning."""
     wb = white_box(records[records["model"] == model])
     wb = wb[_true_gradients(wb) & (wb["kind"] != "square")]
-    if (wb.groupby("evaluation")["strength"].nunique() >= 2).any():
+    if (wb[_unpruned(wb)].groupby("evaluation")["strength"].nunique() >= 2).any():
         return True
     kinds_at = wb[wb["strength"] > 0].groupby("strength")["kind"].agg(set)
     return any(len(k & {"fgsm", "ifgsm", "pgd"}) >= 2 for k in kinds_at)

@@ -49,6 +49,23 @@ BPDA = Param(
     "none", _choice(*attacks.BPDA_MODES),
     "none, relu or identity (k-winners backward: own mask, ReLU's, straight-through)",
 )
+EARLY_STOP = Param(
+    True, _choice(True, False),
+    "true (each image stops at its first misclassified iterate; our loop, torchattacks' steps) or false "
+    "(the library's attack, every step; default with backend=foolbox)",
+)
+PRUNE = Param(
+    True, _choice(True, False),
+    "true (eps swept upwards, only images no smaller eps fooled are attacked; accuracy at eps = no eps' <= eps "
+    "fooled it) or false (every eps attacks every image); a suite's `prune` sets the default",
+)
+
+
+def _early_stop_needs_torchattacks(params: dict[str, Any]) -> str | None:
+    if params.get("backend") == "foolbox" and params.get("early_stop"):
+        return ("early_stop=true runs our loop with torchattacks' update rule; with backend=foolbox set "
+                "early_stop=false (the default there)")
+    return None
 
 
 def _foolbox_pgd_needs_ce(params: dict[str, Any]) -> str | None:
@@ -78,6 +95,11 @@ class Kind:
     @property
     def adversarial(self) -> bool:
         return self.name in attacks.ATTACKS
+
+    @property
+    def prunable(self) -> bool:
+        """An L-inf attack swept over eps: balls nest, so its sweep can be pruned."""
+        return "prune" in self.params
 
     def batch_dependent(self, params: dict[str, Any]) -> bool:
         """Whether the number depends on how the test set is cut into batches: only for attacks
@@ -116,10 +138,13 @@ KINDS: dict[str, Kind] = {
             },
             noise=lambda x, p, info, gens: noise.occlusion(x, p["size"], gens, p["fill"]),
         ),
-        Kind("fgsm", "one signed-gradient step of size eps", "eps", {"eps": EPS, "backend": BACKEND, "bpda": BPDA}),
+        Kind("fgsm", "one signed-gradient step of size eps", "eps",
+             {"eps": EPS, "backend": BACKEND, "bpda": BPDA, "prune": PRUNE}),
         Kind(
             "ifgsm", "iterative FGSM (BIM)", "eps",
-            {"eps": EPS, "steps": STEPS, "alpha": ALPHA, "backend": BACKEND, "bpda": BPDA},
+            {"eps": EPS, "steps": STEPS, "alpha": ALPHA, "backend": BACKEND, "bpda": BPDA,
+             "early_stop": EARLY_STOP, "prune": PRUNE},
+            (_early_stop_needs_torchattacks,),
         ),
         Kind(
             "mifgsm",
@@ -130,6 +155,8 @@ KINDS: dict[str, Kind] = {
                 "decay": Param(1.0, _number(0), "decay >= 0"),
                 "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no MI-FGSM)"),
                 "bpda": BPDA,
+                "early_stop": EARLY_STOP,
+                "prune": PRUNE,
             },
         ),
         Kind(
@@ -146,8 +173,10 @@ KINDS: dict[str, Kind] = {
                     "ce", _choice(*attacks.PGD_LOSSES),
                     "ce (cross-entropy) or margin (max_{j != y} z_j - z_y on the logits)",
                 ),
+                "early_stop": EARLY_STOP,
+                "prune": PRUNE,
             },
-            (_foolbox_pgd_needs_ce,),
+            (_foolbox_pgd_needs_ce, _early_stop_needs_torchattacks),
         ),
         Kind(
             "square",
@@ -158,6 +187,7 @@ KINDS: dict[str, Kind] = {
                 "n_queries": Param(1000, _int(1), "an integer >= 1"),
                 "p_init": Param(0.8, lambda v, _: _number(0, 1)(v, _) and v > 0, "0 < p_init <= 1"),
                 "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no Square)"),
+                "prune": PRUNE,
             },
         ),
     ]
@@ -180,6 +210,8 @@ def resolve(kind_name: str, given: dict[str, Any], info: DatasetInfo, where: str
             f"{prefix}unknown parameter(s) {', '.join(sorted(unknown))}; valid: {', '.join(kind.params) or 'none'}"
         )
     params = {name: given.get(name, p.default) for name, p in kind.params.items()}
+    if "early_stop" in params and "early_stop" not in given and params.get("backend") == "foolbox":
+        params["early_stop"] = False  # foolbox attacks every image for every step
     for name, p in kind.params.items():
         if not p.check(params[name], info):
             raise UserError(f"{prefix}{name}={params[name]!r} is out of range; valid: {p.valid}")
@@ -246,13 +278,15 @@ def perturb(
     info: DatasetInfo,
     image_seeds: list[int],
     attack_seed: int,
+    todo: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The perturbed batch for one evaluation (model in eval mode). Random noise is drawn per
     image from `image_seeds`, so a number never depends on the batch size; attacks get
-    `attack_seed` (for libraries that draw per batch) and the per-image seeds."""
+    `attack_seed` (for libraries that draw per batch) and the per-image seeds, and attack only the
+    images `todo` marks (default: all)."""
     kind = kind_of(kind_name)
     if kind.adversarial:
-        return attacks.craft(model, kind_name, params, x, y, attack_seed, image_seeds)
+        return attacks.craft(model, kind_name, params, x, y, attack_seed, image_seeds, todo)
     if kind.noise is None:  # clean
         return x
     with torch.inference_mode():

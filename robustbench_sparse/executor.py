@@ -35,6 +35,11 @@ def image_seeds(eval_seed: int, spec: str, start: int, count: int) -> list[int]:
     return [stable_seed(eval_seed, spec, "image", i) for i in range(start, start + count)]
 
 
+def batch_seed(eval_seed: int, spec: str, first: int, batch_size: int) -> int:
+    """The seed of the batch that starts at test image `first`, for libraries that draw per batch."""
+    return stable_seed(eval_seed, spec, first // batch_size)
+
+
 def perturbed_set(
     model: nn.Module,
     evaluation: Evaluation,
@@ -46,23 +51,50 @@ def perturbed_set(
     eval_seed: int,
     batch_size: int,
     offset: int = 0,
+    previous: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Craft: the perturbed test set (on the CPU), the model in eval mode. Noise is drawn per image;
     attacks that draw per batch get a seed per batch. `x` may be a slice of the test set that
     starts at image `offset` (a multiple of the batch size): the slices of a set crafted apart
-    join into the set crafted whole, bit for bit."""
+    join into the set crafted whole, bit for bit.
+
+    A pruned sweep (`evaluation.pruned`, eps > 0) starts from `previous`, the set at the sweep's
+    next smaller eps (None: x itself, the eps = 0 ball): an image the model already misclassifies
+    there keeps that example, which lies in this eps-ball too (L-inf balls nest); only the others
+    are attacked. So the accuracy at eps counts the images no eps' <= eps fooled."""
     if offset % batch_size:
         raise ValueError(f"offset {offset} is not a multiple of the batch size {batch_size}")
     params = evaluation.params_at(strength)
-    spec = evaluation.spec(strength)
+    spec = evaluation.draw_spec(strength)  # the same draws with and without early stopping or pruning
+    pruned = bool(evaluation.chain(strength))
     parts = []
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
         first = offset + start
         seeds = image_seeds(eval_seed, spec, first, len(xb))
-        batch_seed = stable_seed(eval_seed, spec, first // batch_size)
-        parts.append(perturb(evaluation.kind, params, model, xb, yb, info, seeds, batch_seed).cpu())
+        seed = batch_seed(eval_seed, spec, first, batch_size)
+        if not pruned:
+            parts.append(perturb(evaluation.kind, params, model, xb, yb, info, seeds, seed).cpu())
+            continue
+        before = xb if previous is None else previous[start : start + batch_size].to(device)
+        with torch.no_grad():
+            survivors = model(before).argmax(dim=1) == yb
+        adv = perturb(evaluation.kind, params, model, xb, yb, info, seeds, seed, todo=survivors)
+        parts.append(torch.where(survivors.view(-1, *[1] * (xb.dim() - 1)), adv, before).cpu())
     return torch.cat(parts) if parts else x[:0].clone()
+
+
+def crafted_set(cell: Cell, source: nn.Module, ws: Workspace) -> torch.Tensor:
+    """The cell's adversarial set, read from the cache or crafted on `source` (in eval mode) and
+    cached. A pruned sweep's set starts from the set at the next smaller eps, itself read or
+    crafted (and cached) the same way, so a sweep run in increasing eps crafts each set once."""
+
+    def make() -> torch.Tensor:
+        previous = crafted_set(cell.previous, source, ws) if cell.previous is not None else None
+        return perturbed_set(source, cell.evaluation, cell.strength, ws.x, ws.y, ws.info, ws.device,
+                             cell.eval_seed, cell.batch_size, previous=previous)
+
+    return ws.cache.get(cell.set_key, make)[0]
 
 
 def score(model: nn.Module, inputs: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
@@ -86,13 +118,18 @@ def correct_flags(
     eval_seed: int,
     batch_size: int,
 ) -> torch.Tensor:
-    """Per-sample correctness of `model` (in eval mode) under one evaluation at one strength.
-    For a metric other than accuracy (`gradients`): per sample, whether the input gradient is
+    """Per-sample correctness of `model` (in eval mode) under one evaluation at one strength (a
+    pruned sweep's sets at smaller eps crafted on the way, as the harness does). For a metric
+    other than accuracy (`gradients`): per sample, whether the input gradient is
     usable (non-zero, finite)."""
     if evaluation.kind == "gradients":
         zero, nonfinite = live_gradients(model, x, y, device, batch_size)
         return ~(zero | nonfinite)
-    inputs = perturbed_set(model, evaluation, strength, x, y, info, device, eval_seed, batch_size)
+    previous = None
+    for smaller in evaluation.chain(strength)[:-1]:  # a pruned sweep: the sets at smaller eps first
+        previous = perturbed_set(model, evaluation, smaller, x, y, info, device, eval_seed, batch_size,
+                                 previous=previous)
+    inputs = perturbed_set(model, evaluation, strength, x, y, info, device, eval_seed, batch_size, previous=previous)
     return score(model, inputs, y, device, batch_size)
 
 
@@ -157,8 +194,7 @@ def run_job(job: Job, ws: Workspace) -> Outcome:
                                   first.batch_size)
             return Outcome(job, (flags,), (time.perf_counter() - started,))
         if job.crafts:
-            inputs, _ = ws.cache.get(first.set_key, lambda: perturbed_set(
-                source, evaluation, strength, ws.x, ws.y, ws.info, ws.device, first.eval_seed, first.batch_size))
+            inputs = crafted_set(first, source, ws)
         else:
             inputs = perturbed_set(source, evaluation, strength, ws.x, ws.y, ws.info, ws.device,
                                    first.eval_seed, first.batch_size)

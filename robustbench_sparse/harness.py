@@ -55,6 +55,8 @@ def with_backend(suite: Suite, backend: str | None) -> Suite:
         foolbox_can = e.kind in FOOLBOX_ATTACKS and params.get("loss", "ce") == "ce"
         if "backend" in params and (backend == "torchattacks" or foolbox_can):
             params["backend"] = backend
+            if backend == "foolbox" and "early_stop" in params:
+                params["early_stop"] = False  # foolbox attacks every image for every step
         evaluations.append(replace(e, params=tuple(sorted(params.items()))))
     return replace(suite, evaluations=tuple(evaluations))
 

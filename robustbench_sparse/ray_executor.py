@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_sparse.cells import Job, environment_id
+from robustbench_sparse.cells import Cell, Job, environment_id
 from robustbench_sparse.checkpoints import model_from_bytes
 from robustbench_sparse.data import Dataset, DatasetInfo
 from robustbench_sparse.evaluations import ACCURACY, kind_of
@@ -75,15 +75,16 @@ def _model(info: DatasetInfo, ensemble: bool, recipes: tuple[Recipe, ...], devic
 
 def craft_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor,
                y: torch.Tensor, device: str, eval_seed: int, batch_size: int, threads: int, start: int, stop: int,
-               ensemble: bool, *source: Recipe) -> tuple[torch.Tensor, float]:
-    """Images start..stop of the perturbed set (a whole number of batches)."""
+               previous: torch.Tensor | None, ensemble: bool, *source: Recipe) -> tuple[torch.Tensor, float]:
+    """Images start..stop of the perturbed set (a whole number of batches); `previous`: the same
+    images of the set a pruned sweep starts from (Ray hands over the chunk once it is crafted)."""
     _same_environment(env)
     started = time.perf_counter()
     with torch_threads(threads):
         model = _model(info, ensemble, source, device)
         with eval_mode(model):
             inputs = perturbed_set(model, evaluation, strength, x[start:stop], y[start:stop], info,
-                                   torch.device(device), eval_seed, batch_size, offset=start)
+                                   torch.device(device), eval_seed, batch_size, offset=start, previous=previous)
     return inputs, time.perf_counter() - started
 
 
@@ -134,7 +135,6 @@ class _Running:
     pending: int = 0
     craft_seconds: float = 0.0
     chunks: list[Any] = field(default_factory=list)  # object refs of the set's parts, in order
-    crafting: int = 0  # craft tasks not yet finished
 
 
 class RayExecutor:
@@ -192,7 +192,38 @@ class RayExecutor:
                 recipes[(name, seed)] = ray.put(ws.checkpoint(name, seed))
             return recipes[(name, seed)]
 
-        waiting: dict[Any, tuple[_Running, str, int]] = {}
+        waiting: dict[Any, tuple[_Running | None, str, int]] = {}
+        # set key -> its chunks' refs, for sets crafted in this run and not yet in the cache: a
+        # pruned sweep's next set is submitted at once, its chunks waiting on these (Ray resolves them).
+        sets: dict[str, list[Any]] = {}
+        crafting: dict[str, int] = {}  # set key -> craft tasks not yet finished
+        dependency: dict[Any, str] = {}  # seconds ref of a craft task -> the set key it crafts
+
+        def chunks_of(cell: Cell, sources: list[Any]) -> tuple[list[Any], list[Any]]:
+            """The set's chunk refs (from this run, the cache, or new craft tasks) and the seconds
+            refs of the craft tasks submitted for it now."""
+            key = cell.set_key
+            if key in sets:
+                return sets[key], []
+            cached = ws.cache.load(key)
+            if cached is not None:
+                return [ray.put(cached[s : s + cell.batch_size]) for s in range(0, len(cached), cell.batch_size)], []
+            starts = range(0, len(ws.x), cell.batch_size)
+            previous = chunks_of(cell.previous, sources)[0] if cell.previous is not None else [None] * len(starts)
+            chunks, timers = [], []
+            for start, before in zip(starts, previous, strict=True):
+                # One craft task per batch: the set is crafted in parallel, bit for bit as a whole.
+                chunk, seconds = craft.remote(env, ws.info, cell.evaluation, cell.strength, x_ref, y_ref, device,
+                                              cell.eval_seed, cell.batch_size, self.threads, start,
+                                              start + cell.batch_size, before, cell.crafted_on[0] == ENSEMBLE,
+                                              *sources)
+                chunks.append(chunk)
+                timers.append(seconds)
+                dependency[seconds] = key
+            sets[key], crafting[key] = chunks, len(chunks)
+            for seconds in timers:
+                waiting[seconds] = (None, "craft", 0)  # the job whose set it is claims it in `submit`
+            return chunks, timers
 
         def submit(job: Job) -> None:
             first = job.cells[0]
@@ -204,20 +235,20 @@ class RayExecutor:
                 run.pending = 1
                 return
             source = first.crafted_on[0]
-            cached = ws.cache.load(first.set_key) if job.crafts else None
-            if cached is not None:
-                run.chunks = [ray.put(cached)]
-            else:
-                # One craft task per batch: the set is crafted in parallel, bit for bit as a whole.
-                members = ws.ensemble if source == ENSEMBLE else (source,)
-                sources = [recipe(m, first.seed) for m in members]
+            members = ws.ensemble if source == ENSEMBLE else (source,)
+            sources = [recipe(m, first.seed) for m in members]
+            if job.crafts:
+                run.chunks, timers = chunks_of(first, sources)
+            else:  # noise, or eps = 0: drawn afresh, never cached
+                run.chunks, timers = [], []
                 for start in range(0, len(ws.x), first.batch_size):
-                    chunk, seconds = craft.remote(env, ws.info, *common, start, start + first.batch_size,
+                    chunk, seconds = craft.remote(env, ws.info, *common, start, start + first.batch_size, None,
                                                   source == ENSEMBLE, *sources)
                     run.chunks.append(chunk)
-                    waiting[seconds] = (run, "craft", 0)
-                    run.pending += 1
-                    run.crafting += 1
+                    timers.append(seconds)
+            for seconds in timers:
+                waiting[seconds] = (run, "craft", 0)
+                run.pending += 1
             for i, cell in enumerate(job.cells):
                 ref = score_.remote(env, ws.info, y_ref, device, cell.batch_size, self.threads,
                                     recipe(cell.model, cell.seed), *run.chunks)
@@ -239,12 +270,17 @@ class RayExecutor:
             (ref,), _ = ray.wait(list(waiting), num_returns=1)
             run, role, i = waiting.pop(ref)
             value = ray.get(ref)  # a task that failed after its retries raises here
+            key = dependency.pop(ref, None)
+            if key is not None:
+                crafting[key] -= 1
+                if crafting[key] == 0:  # the driver is the only writer of the cache
+                    ws.cache.save(key, torch.cat(ray.get(sets[key])))
+                    del crafting[key], sets[key]  # later users read it from the cache
+            if run is None:
+                continue
             run.pending -= 1
             if role == "craft":
                 run.craft_seconds += value
-                run.crafting -= 1
-                if run.crafting == 0 and run.job.crafts:  # the driver is the only writer of the cache
-                    ws.cache.save(run.job.cells[0].set_key, torch.cat(ray.get(run.chunks)))
             else:
                 run.flags[i], run.seconds[i] = value
             if run.pending == 0:

@@ -21,11 +21,13 @@ import pandas as pd
 import seaborn as sns
 
 from robustbench_sparse import harness
-from robustbench_sparse.attacks import ATTACKS
+from robustbench_sparse.attacks import ATTACKS, early_stops
 from robustbench_sparse.cells import decode_flags, environment
 from robustbench_sparse.diagnostics import masking_checks, most_effective
+from robustbench_sparse.evaluations import kind_of
 from robustbench_sparse.executor import ENSEMBLE
 from robustbench_sparse.runtime import UserError, library_versions
+from robustbench_sparse.suites import Suite
 from robustbench_sparse.tables import accuracies, seed_stats, summary
 from robustbench_sparse.transfer import transfer_cells, transfer_matrix
 
@@ -193,6 +195,25 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     return out
 
 
+def attack_mode(suite: Suite) -> str:
+    """Which attacks' numbers come from pruned sweeps and early stopping, in words."""
+    attacks = [e for e in suite.evaluations if kind_of(e.kind).adversarial]
+    if not attacks:
+        return "no attacks"
+    pruned = [e.name for e in attacks if e.pruned and len([s for s in e.strengths if s > 0]) > 1]
+    plain = [e.name for e in attacks if not e.pruned and len([s for s in e.strengths if s > 0]) > 1]
+    early = [e.name for e in attacks if early_stops(e.kind, dict(e.params))]
+    parts = []
+    if pruned:
+        parts.append(f"pruned eps sweeps ({', '.join(pruned)}): accuracy at eps counts the images that no attack "
+                     "of that evaluation at any eps' <= eps fooled")
+    if plain:
+        parts.append(f"unpruned sweeps ({', '.join(plain)}): every eps attacks every image")
+    if early:
+        parts.append(f"per-image early stopping ({', '.join(early)}): an image keeps its first adversarial iterate")
+    return "; ".join(parts) or "every attack runs in full"
+
+
 def _header(plan: harness.Plan) -> list[tuple[str, str]]:
     versions = library_versions()
     hashes = ", ".join(f"{m} (seed {s}): `{h[:12]}`" for (m, s), h in plan.checkpoints.items())
@@ -203,6 +224,7 @@ def _header(plan: harness.Plan) -> list[tuple[str, str]]:
         ("test-set fingerprint (SHA-256)", f"`{plan.fingerprint[:16]}`"),
         ("suite", f"{plan.suite.name}: {plan.suite.description}"),
         ("attack backend", plan.setup.backend or "as the suite says"),
+        ("attack mode", attack_mode(plan.suite)),
         ("training seeds", ", ".join(map(str, plan.seeds))),
         ("evaluation seed", str(plan.suite.seed)),
         ("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),

@@ -4,6 +4,7 @@
     test_size = 200          # the first N images of the fixed test split (omit: all of them)
     seed = 0                 # seeds every random draw of the evaluation
     batch_size = 500
+    prune = true             # default of the attacks' `prune`: sweep eps upwards, attack only survivors
 
     [[evaluations]]
     kind = "pgd"             # see `rbs evaluations`
@@ -48,8 +49,28 @@ class Evaluation:
     def spec(self, strength: float) -> str:
         return spec_string(self.kind, self.params_at(strength))
 
+    def draw_spec(self, strength: float) -> str:
+        """The spec without the parameters that change how much work an attack does but not what
+        it draws (`early_stop`, `prune`): random draws are seeded from it, so the fast and the
+        plain mode start every image from the same point."""
+        params = {k: v for k, v in self.params_at(strength).items() if k not in MODE_PARAMS}
+        return spec_string(self.kind, params)
+
+    @property
+    def pruned(self) -> bool:
+        """The sweep is pruned: the set at eps builds on the set at the sweep's next smaller eps."""
+        return bool(dict(self.params).get("prune", False))
+
+    def chain(self, strength: float) -> tuple[float, ...]:
+        """With pruning, the sweep's strengths > 0 up to `strength`, in increasing order: the
+        attacks a pruned set at `strength` is made of (empty without pruning, or at 0)."""
+        if not self.pruned or strength <= 0:
+            return ()
+        return tuple(sorted(s for s in self.strengths if 0 < s <= strength))
+
 
 CLEAN = Evaluation("clean", "clean", (), (0.0,))
+MODE_PARAMS = ("early_stop", "prune")
 
 
 @dataclass(frozen=True)
@@ -109,7 +130,7 @@ def suite_path(paths: Paths, name: str) -> Path:
     return path
 
 
-_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "evaluations", "transfer"}
+_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "prune", "evaluations", "transfer"}
 
 
 def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Suite:
@@ -129,6 +150,9 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
         raise UserError(f"{where}: seed must be an integer >= 0")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"{where}: batch_size must be an integer >= 1")
+    prune = doc.get("prune", True)
+    if not isinstance(prune, bool):
+        raise UserError(f"{where}: prune must be true or false")
     entries = doc.get("evaluations", [])
     if not entries:
         raise UserError(f"{where}: declares no [[evaluations]]")
@@ -136,7 +160,7 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
         raise UserError(f"{where}: `evaluations` must be a list of tables ([[evaluations]] blocks)")
     evaluations = [CLEAN]
     for i, raw in enumerate(entries, 1):
-        evaluations.append(_evaluation(dict(raw), info, f"{where}, evaluation {i}: "))
+        evaluations.append(_evaluation(dict(raw), info, f"{where}, evaluation {i}: ", prune))
     names = [e.name for e in evaluations]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -182,10 +206,12 @@ def _transfer(raw: dict[str, Any], attack_names: list[str], evaluations: list[Ev
     return TransferPlan(tuple(names), strengths, tuple(raw.get("ensemble", ())))
 
 
-def _evaluation(raw: dict[str, Any], info: DatasetInfo, where: str) -> Evaluation:
+def _evaluation(raw: dict[str, Any], info: DatasetInfo, where: str, prune: bool = True) -> Evaluation:
     if "kind" not in raw:
         raise UserError(f"{where}missing `kind`")
     kind = kind_of(raw.pop("kind"))
+    if kind.prunable:
+        raw.setdefault("prune", prune)
     name = str(raw.pop("name", kind.name))
     if kind.strength is None:
         return Evaluation(name, kind.name, tuple(sorted(resolve(kind.name, raw, info, where).items())), (0.0,))

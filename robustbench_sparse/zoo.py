@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from robustbench_sparse.data import DATASETS, DatasetInfo
+from robustbench_sparse.layers import InputConv2d
 from robustbench_sparse.runtime import UserError
 from robustbench_sparse.sparse import KWinners, KWinners2d, SparseWeights
 
@@ -252,8 +253,10 @@ def _conv_blocks(spec: ModelSpec, info: DatasetInfo, padding: int) -> tuple[list
     """Conv -> [BatchNorm] -> MaxPool 2 -> ReLU or k-winners2d, per entry of `channels`."""
     layers: list[nn.Module] = []
     c, h, w = info.shape
-    for out, percent_on in zip(spec.channels, spec.conv_percent_on, strict=True):
-        layers.append(nn.Conv2d(c, out, spec.kernel_size, padding=padding))
+    for i, (out, percent_on) in enumerate(zip(spec.channels, spec.conv_percent_on, strict=True)):
+        # The first conv computes attacks' input gradients faster on CPU (layers.py); same weights.
+        conv = InputConv2d if i == 0 else nn.Conv2d
+        layers.append(conv(c, out, spec.kernel_size, padding=padding))
         if spec.batchnorm:
             layers.append(nn.BatchNorm2d(out))
         h = (h + 2 * padding - spec.kernel_size + 1) // 2

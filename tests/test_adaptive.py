@@ -193,7 +193,8 @@ def test_craft_restores_bpda_when_the_attack_fails(trained_home, mnist5k, monkey
         assert all(layer.bpda == "identity" for layer in kwinner_layers(model))
         raise RuntimeError("attack failed")
 
-    monkeypatch.setattr(attacks, "_attack_once", fail)
+    monkeypatch.setattr(attacks, "_attack_once", fail)  # the library path
+    monkeypatch.setattr(attacks, "_iterate", fail)  # our early-stopping loop
     with pytest.raises(RuntimeError, match="attack failed"):
         craft(model, "pgd", {**PGD, "bpda": "identity"}, mnist5k.test_x[:4], mnist5k.test_y[:4], seed=0)
     assert all(layer.bpda is None for layer in kwinner_layers(model))
@@ -286,9 +287,10 @@ def test_square_runs_as_a_suite_evaluation(trained_home, mnist5k):
     )
     square, pgd = suite.evaluation("square"), suite.evaluation("pgd-adaptive")
     assert "square" in attacks.ATTACKS and kind_of("square").adversarial
-    assert square.spec(0.2) == "square(backend=torchattacks,eps=0.2,n_queries=30,p_init=0.8)"
+    assert square.spec(0.2) == "square(backend=torchattacks,eps=0.2,n_queries=30,p_init=0.8,prune=true)"
     assert pgd.spec(0.2) == (
-        "pgd(alpha=auto,backend=torchattacks,bpda=relu,eps=0.2,loss=margin,random_start=true,restarts=2,steps=3)"
+        "pgd(alpha=auto,backend=torchattacks,bpda=relu,early_stop=true,eps=0.2,loss=margin,prune=true,"
+        "random_start=true,restarts=2,steps=3)"
     )
     assert suite.transfer.evaluations == ("square", "pgd-adaptive")
     model = _model(trained_home, "kwinner-boost")
@@ -338,10 +340,11 @@ def test_foolbox_margin_message_names_the_valid_combinations():
 
 def test_spec_strings_name_every_new_parameter_and_are_stable():
     square = resolve("square", {"eps": 0.3}, INFO)
-    assert spec_string("square", square) == "square(backend=torchattacks,eps=0.3,n_queries=1000,p_init=0.8)"
+    assert spec_string("square", square) == "square(backend=torchattacks,eps=0.3,n_queries=1000,p_init=0.8,prune=true)"
     pgd = resolve("pgd", {"eps": 0.3}, INFO)
     assert spec_string("pgd", pgd) == (
-        "pgd(alpha=auto,backend=torchattacks,bpda=none,eps=0.3,loss=ce,random_start=true,restarts=1,steps=40)"
+        "pgd(alpha=auto,backend=torchattacks,bpda=none,early_stop=true,eps=0.3,loss=ce,prune=true,random_start=true,"
+        "restarts=1,steps=40)"
     )
     assert spec_string("pgd", resolve("pgd", {"eps": 0.3}, INFO)) == spec_string("pgd", pgd)
     for kind in ("fgsm", "ifgsm", "mifgsm"):

@@ -51,7 +51,9 @@ def test_each_source_crafts_once_per_attack_and_eps(home, monkeypatch):
     crafts = _count_crafts(monkeypatch)
     plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
     frame = run_transfer(plan)
-    assert len(crafts) == 5 * 2  # 5 sources x (fgsm, pgd) at one eps: not 25 x 2
+    # 5 sources x (fgsm at 0.1 and 0.25 -- the pruned sweep's set at 0.25 starts from the one at 0.1 --
+    # and pgd at 0.25): each set once per source, not once per target
+    assert len(crafts) == 5 * 3
     assert len(frame) == 5 * 5 * 2 and frame["accuracy"].notna().all()
     crafts.clear()
     run_transfer(harness.plan("mnist5k", "moves", device="cpu", home=home.home))
@@ -61,11 +63,11 @@ def test_each_source_crafts_once_per_attack_and_eps(home, monkeypatch):
 def test_adding_a_model_crafts_only_its_own_sets(home, monkeypatch):
     crafts = _count_crafts(monkeypatch)
     run_transfer(harness.plan("mnist5k", "moves", ["dense", "dropout"], device="cpu", home=home.home))
-    assert len(crafts) == 2 * 2
+    assert len(crafts) == 2 * 3
     crafts.clear()
     frame = run_transfer(harness.plan("mnist5k", "moves", ["dense", "dropout", "kwinner"], device="cpu",
                                       home=home.home))
-    assert len(crafts) == 2  # kwinner's fgsm and pgd sets only
+    assert len(crafts) == 3  # kwinner's fgsm (0.1, 0.25) and pgd sets only
     assert len(frame) == 3 * 3 * 2
 
 
@@ -86,7 +88,7 @@ def test_diagonal_is_the_white_box_result(home, tmp_path):
 def test_ensemble_is_one_more_source_row(home, monkeypatch):
     crafts = _count_crafts(monkeypatch)
     frame = run_transfer(harness.plan("mnist5k", "moves-ens", device="cpu", home=home.home))
-    assert len(crafts) == 6 * 2
+    assert len(crafts) == 6 * 3
     matrix = transfer_matrix(frame, "pgd", 0.25)
     assert list(matrix.index) == ["dense", "dropout", "batchnorm", "kwinner-boost", "kwinner", "ensemble"]
     assert matrix.notna().all().all()

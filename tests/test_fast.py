@@ -1,0 +1,337 @@
+"""Fast attacks that are never weaker: per-image early stopping, eps-sweep pruning, and the
+k-winners layer at its floor."""
+
+import dataclasses
+
+import pytest
+import torch
+import torchattacks
+
+from robustbench_sparse import attacks, harness
+from robustbench_sparse.attacks import BudgetViolation, craft
+from robustbench_sparse.cells import Cell
+from robustbench_sparse.checkpoints import load_checkpoint
+from robustbench_sparse.data import dataset_info
+from robustbench_sparse.evaluations import resolve
+from robustbench_sparse.executor import perturbed_set
+from robustbench_sparse.runtime import UserError, eval_mode
+from robustbench_sparse.sparse import KWinners, KWinners2d
+from robustbench_sparse.store import ArtifactStore, ResultStore
+from robustbench_sparse.suites import parse_suite
+from robustbench_sparse.zoo import load_zoo, select_models
+
+CPU = torch.device("cpu")
+INFO = dataset_info("mnist5k")
+ZOO = ["dense", "dropout", "batchnorm", "kwinner-boost", "kwinner"]
+ITERATIVE = {
+    "ifgsm": {"steps": 10, "alpha": "auto"},
+    "mifgsm": {"steps": 10, "alpha": "auto", "decay": 1.0},
+    "pgd": {"steps": 20, "alpha": 0.01, "random_start": True},
+}
+
+
+def _model(paths, name):
+    spec = select_models(load_zoo(paths.zoo_spec), "mnist5k", [name])[0]
+    return load_checkpoint(paths, spec, INFO, 0)[0].eval()
+
+
+def _fooled(model, adv, y):
+    with torch.no_grad():
+        return model(adv).argmax(1) != y
+
+
+def _library(model, kind, params, x, y, seed):
+    """torchattacks itself, seeded as the harness seeds it."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return attacks._torchattacks(model, kind, params, seed)(x, y)
+
+
+@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("kind", list(ITERATIVE))
+def test_early_stopping_is_the_library_trajectory_cut_short(trained_home, mnist5k, name, kind):
+    """Per image: every image torchattacks fools is fooled with early stopping too, and an image
+    early stopping never fooled ends exactly where torchattacks leaves it (same start, same
+    steps, bit for bit). So accuracy is never above the library's, at every eps."""
+    model = _model(trained_home, name)
+    x, y = mnist5k.test_x[:60], mnist5k.test_y[:60]
+    for eps in (0.05, 0.15, 0.3):
+        params = {**ITERATIVE[kind], "eps": eps}
+        fast = craft(model, kind, {**params, "early_stop": True}, x, y, seed=11)
+        plain = _library(model, kind, params, x, y, seed=11)
+        assert (fast - x).abs().max() <= eps + 1e-6 and fast.min() >= 0 and fast.max() <= 1
+        fast_fooled, plain_fooled = _fooled(model, fast, y), _fooled(model, plain, y)
+        assert not (plain_fooled & ~fast_fooled).any(), (name, kind, eps)
+        untouched = ~fast_fooled
+        assert torch.equal(fast[untouched], plain[untouched]), (name, kind, eps)
+        excess = (fast_fooled.float().mean() - plain_fooled.float().mean()) * -100
+        assert excess <= 0.5
+
+
+def test_early_stopping_is_seeded_and_stops_only_fooled_images(trained_home, mnist5k):
+    model = _model(trained_home, "kwinner-boost")
+    x, y = mnist5k.test_x[:40], mnist5k.test_y[:40]
+    params = {**ITERATIVE["pgd"], "eps": 0.2}
+    one = craft(model, "pgd", params, x, y, seed=3)
+    assert torch.equal(one, craft(model, "pgd", params, x, y, seed=3))
+    assert not torch.equal(one, craft(model, "pgd", params, x, y, seed=4))
+    # Every image stopped early is misclassified at the example it keeps.
+    rows = torch.arange(len(x))
+    found, stopped = attacks._iterate(model, "pgd", params, x, y, 3, list(range(len(x))), rows)
+    assert torch.equal(found, one)
+    assert _fooled(model, found[stopped], y[stopped]).all()
+
+
+def test_todo_attacks_only_the_marked_images_from_the_full_batch_start(trained_home, mnist5k):
+    """A pruned sweep attacks a subset of a batch: those images start where they would in the
+    whole batch (the batch-wide random start is drawn for the whole batch), the rest stay x."""
+    model = _model(trained_home, "dense")
+    x, y = mnist5k.test_x[:50], mnist5k.test_y[:50]
+    params = {**ITERATIVE["pgd"], "eps": 0.1}
+    todo = torch.arange(len(x)) % 3 == 0
+    whole = craft(model, "pgd", params, x, y, seed=5)
+    part = craft(model, "pgd", params, x, y, seed=5, todo=todo)
+    assert torch.equal(part[~todo], x[~todo])
+    assert torch.equal(part[todo], whole[todo])
+
+
+def test_mifgsm_on_zero_gradients_matches_the_library():
+    """Where the input gradient is exactly zero, MI-FGSM's normalisation is 0 / 0: the library and
+    our loop both leave such an image where it is (torch's sign(NaN) is 0), with no NaN pixels."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    x, y = torch.rand(6, 1, 2, 2), torch.zeros(6, dtype=torch.long)
+    params = {"eps": 0.1, "steps": 3, "alpha": "auto", "decay": 1.0}
+    fast = craft(model, "mifgsm", {**params, "early_stop": True}, x, y, seed=0)
+    assert torch.equal(fast, x) and torch.equal(fast, craft(model, "mifgsm", {**params, "early_stop": False}, x, y, seed=0))
+    with pytest.raises(BudgetViolation, match="NaN"):
+        attacks.check_budget(x, torch.full_like(x, float("nan")), 0.1)
+
+
+def test_early_stop_parameter_and_backends():
+    assert resolve("pgd", {"eps": 0.1}, INFO)["early_stop"] is True
+    assert resolve("pgd", {"eps": 0.1, "backend": "foolbox"}, INFO)["early_stop"] is False
+    with pytest.raises(UserError, match="early_stop=true runs our loop"):
+        resolve("pgd", {"eps": 0.1, "backend": "foolbox", "early_stop": True}, INFO)
+    assert "early_stop" not in resolve("fgsm", {"eps": 0.1}, INFO)
+    assert resolve("square", {"eps": 0.1}, INFO)["prune"] is True
+    suite = parse_suite('[[evaluations]]\nkind = "pgd"\neps = [0.1]\n', "s", INFO)
+    switched = harness.with_backend(suite, "foolbox").evaluation("pgd").params
+    assert dict(switched)["early_stop"] is False and dict(switched)["backend"] == "foolbox"
+
+
+SWEEP = """
+test_size = 120
+batch_size = 50
+{prune}
+[[evaluations]]
+kind = "pgd"
+eps = [0.3, 0.0, 0.1, 0.2]
+steps = 10
+alpha = 0.03
+[[evaluations]]
+kind = "fgsm"
+eps = [0.0, 0.1, 0.2, 0.3]
+"""
+
+
+def _sweep_plan(paths, tmp_path, prune: str, models=("dense", "kwinner-boost")):
+    suite_file = tmp_path / f"sweep{len(prune)}.toml"
+    suite_file.write_text(SWEEP.format(prune=prune))
+    return harness.plan("mnist5k", str(suite_file), list(models), device="cpu", home=paths.home)
+
+
+def _run(plan, tmp_path, tag):
+    return harness.run(plan, ResultStore(tmp_path / f"{tag}.sqlite"), ArtifactStore(tmp_path / f"cache-{tag}"))
+
+
+def test_pruned_sweeps_are_monotone_and_never_above_unpruned(trained_home, tmp_path):
+    """Pruned: accuracy never rises with eps, and per image, whatever the unpruned attack fools
+    at eps, the pruned sweep has fooled at some eps' <= eps (same seeds, same starts)."""
+    pruned = _run(_sweep_plan(trained_home, tmp_path, ""), tmp_path, "pruned")
+    plain = _run(_sweep_plan(trained_home, tmp_path, "prune = false"), tmp_path, "plain")
+    assert pruned["spec"].str.contains("prune=true").all() == (pruned["kind"] != "clean").all()
+    assert plain[plain["kind"] != "clean"]["spec"].str.contains("prune=false").all()
+    from robustbench_sparse.cells import decode_flags
+
+    for (model, evaluation), sweep in pruned.groupby(["model", "evaluation"]):
+        if evaluation == "clean":
+            continue
+        sweep = sweep.sort_values("strength")
+        assert sweep["accuracy"].is_monotonic_decreasing, (model, evaluation)
+        other = plain[(plain["model"] == model) & (plain["evaluation"] == evaluation)].set_index("strength")
+        for _, row in sweep.iterrows():
+            mine = decode_flags(row["flags"], row["n"])
+            theirs = decode_flags(other.loc[row["strength"], "flags"], row["n"])
+            assert not (mine & ~theirs).any(), (model, evaluation, row["strength"])
+    # eps = 0 is clean accuracy in both modes
+    zero = pruned[pruned["strength"] == 0].set_index(["model", "evaluation"])["accuracy"]
+    assert (zero == plain[plain["strength"] == 0].set_index(["model", "evaluation"])["accuracy"]).all()
+
+
+def test_pruned_sets_stay_in_their_ball_and_keep_earlier_examples(trained_home, tmp_path):
+    plan = _sweep_plan(trained_home, tmp_path, "", models=("dense",))
+    ws = harness.workspace(plan, ArtifactStore(tmp_path / "cache"))
+    model = ws.model("dense", 0).eval()
+    pgd = plan.suite.evaluation("pgd")
+    x, y = plan.test_set()
+    previous = None
+    for eps in (0.1, 0.2, 0.3):
+        adv = perturbed_set(model, pgd, eps, x, y, plan.info, CPU, 0, 50, previous=previous)
+        assert (adv - x).abs().max() <= eps + 1e-6
+        if previous is not None:
+            kept = _fooled(model, previous, y)
+            assert torch.equal(adv[kept], previous[kept])  # fooled before: the earlier example stays
+        previous = adv
+    # The harness builds the same chain through its cache.
+    cell = plan.cell("dense", 0, pgd, 0.3)
+    with eval_mode(model):
+        from robustbench_sparse.executor import crafted_set
+
+        assert torch.equal(crafted_set(cell, model, ws), previous)
+
+
+def test_pruned_keys_name_the_chain(trained_home, tmp_path):
+    plan = _sweep_plan(trained_home, tmp_path, "", models=("dense",))
+    pgd = plan.suite.evaluation("pgd")
+    assert pgd.chain(0.2) == (0.1, 0.2) and pgd.chain(0.0) == ()
+    cell = plan.cell("dense", 0, pgd, 0.2)
+    assert "|chain=0.1,0.2|" in cell.key and cell.previous.strength == 0.1
+    assert plan.cell("dense", 0, pgd, 0.1).previous is None
+    # a larger eps added to the sweep leaves the smaller cells' keys alone; a smaller one changes them
+    larger = dataclasses.replace(pgd, strengths=(*pgd.strengths, 0.4))
+    smaller = dataclasses.replace(pgd, strengths=(*pgd.strengths, 0.05))
+    assert dataclasses.replace(cell, evaluation=larger).key == cell.key
+    assert dataclasses.replace(cell, evaluation=smaller).key != cell.key
+    # early stopping and pruning change the work, not the draws: the seeds come from one spec
+    plain = dataclasses.replace(pgd, params=tuple((k, False if k in ("early_stop", "prune") else v)
+                                                  for k, v in pgd.params))
+    assert plain.draw_spec(0.2) == pgd.draw_spec(0.2) and plain.spec(0.2) != pgd.spec(0.2)
+    assert isinstance(cell, Cell)
+
+
+def test_suite_prune_flag(trained_home):
+    base = '[[evaluations]]\nkind = "pgd"\neps = [0.1, 0.2]\n[[evaluations]]\nkind = "gaussian"\nsigma = [0.1]\n'
+    assert parse_suite(base, "s", INFO).evaluation("pgd").pruned
+    off = parse_suite("prune = false\n" + base, "s", INFO)
+    assert not off.evaluation("pgd").pruned and not off.evaluation("gaussian").pruned
+    on_one = parse_suite("prune = false\n" + base.replace('eps = [0.1, 0.2]', 'eps = [0.1, 0.2]\nprune = true'),
+                         "s", INFO)
+    assert on_one.evaluation("pgd").pruned
+    with pytest.raises(UserError, match="prune must be true or false"):
+        parse_suite('prune = "yes"\n' + base, "s", INFO)
+    from robustbench_sparse.runtime import Paths
+    from robustbench_sparse.suites import load_suite
+
+    shipped = Paths.default()
+    assert not any(e.pruned for e in load_suite(shipped, "masking", INFO).evaluations)
+    assert all(e.pruned for e in load_suite(shipped, "standard", INFO).evaluations if "prune" in dict(e.params))
+
+
+# --- the k-winners layer ----------------------------------------------------------------------
+
+
+def _reference(x, ranking, k, dim):
+    """Yesterday's layer: a full-size 0/1 mask from topk, multiplied in."""
+    winners = ranking.topk(k, dim=dim, sorted=False).indices
+    return x * torch.zeros_like(x).scatter_(dim, winners, 1.0)
+
+
+@pytest.mark.parametrize("boost", [0.0, 1.5])
+@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kwinners2d_gives_the_mask_formula_values_and_gradients(boost, local, channels_last):
+    torch.manual_seed(0)
+    layer = KWinners2d(8, 6, 6, k=3 if local else 40, local=local, boost_strength=boost)
+    layer.duty_cycle.uniform_(0, 0.2)
+    for training in (False, True):
+        layer.train(training)
+        x = torch.randn(5, 8, 6, 6)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        factors = layer.boost_factors().view(1, -1, 1, 1)
+        ranking = x.detach() * factors
+        k = layer.current_k()
+        if local:
+            expected = _reference(x, ranking, k, 1)
+        else:
+            expected = _reference(x.reshape(5, -1), ranking.reshape(5, -1), k, 1).view_as(x)
+        out = layer(x)
+        assert torch.equal(out, expected)
+        grad = torch.randn_like(out)
+        (mine,) = torch.autograd.grad(out, x, grad)
+        (theirs,) = torch.autograd.grad(expected, x, grad)
+        assert torch.equal(mine, theirs)
+        nonzero = (out.reshape(5, -1) != 0).sum(1) if not local else (out != 0).sum(1)
+        assert (nonzero <= k).all()
+
+
+def test_kwinners1d_gives_the_mask_formula_values_and_gradients():
+    torch.manual_seed(1)
+    layer = KWinners(30, k=5, boost_strength=1.0).eval()
+    layer.duty_cycle.uniform_(0, 0.3)
+    x = torch.randn(7, 30, requires_grad=True)
+    expected = _reference(x, x.detach() * layer.boost_factors(), layer.current_k(), 1)
+    out = layer(x)
+    assert torch.equal(out, expected) and (out != 0).sum(1).max() <= layer.current_k()
+    grad = torch.randn_like(out)
+    assert torch.equal(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+def test_torchattacks_is_the_cross_check_library():
+    """The plain path is torchattacks itself (the cross-check of the fast path)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    attack = attacks._torchattacks(model, "pgd", {"eps": 0.1, "steps": 2, "alpha": 0.01, "random_start": True}, 0)
+    assert isinstance(attack, torchattacks.PGD)
+
+
+@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_duty_cycles_count_the_active_units_as_the_mask_formula_does(local, channels_last):
+    """Training counts active units per channel from the k winners; the same numbers as counting
+    (out > 0) over the whole output."""
+    torch.manual_seed(2)
+    layer = KWinners2d(8, 6, 6, k=3 if local else 40, local=local, boost_strength=1.5).train()
+    twin = KWinners2d(8, 6, 6, k=3 if local else 40, local=local, boost_strength=1.5).train()
+    for _ in range(3):
+        x = torch.randn(5, 8, 6, 6)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = layer(x)
+        twin._update_duty_cycle((out > 0).sum(dim=(0, 2, 3)) / 36, 5)
+        assert torch.equal(layer.duty_cycle, twin.duty_cycle)
+    flat = KWinners(30, 5, boost_strength=1.0).train()
+    other = KWinners(30, 5, boost_strength=1.0).train()
+    out = flat(torch.randn(7, 30))
+    other._update_duty_cycle((out > 0).sum(dim=0), 7)
+    assert torch.equal(flat.duty_cycle, other.duty_cycle)
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_input_conv_is_conv2d_with_the_same_gradients_to_rounding(padding, channels_last):
+    """The first conv's fast input gradient: forward, weight and bias gradients exactly torch's,
+    the input gradient equal to float rounding; without an input gradient it is nn.Conv2d."""
+    from robustbench_sparse.layers import InputConv2d
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(1, 6, 5, padding=padding)
+    new = InputConv2d(1, 6, 5, padding=padding)
+    new.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 1, 12, 12)
+    if channels_last:
+        x, ref, new = (t.to(memory_format=torch.channels_last) for t in (x, ref, new))
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ref, out_new = ref(a), new(b)
+    assert torch.equal(out_ref, out_new)
+    grad = torch.randn_like(out_ref)
+    mine = torch.autograd.grad(out_new, [b, new.weight, new.bias], grad)
+    theirs = torch.autograd.grad(out_ref, [a, ref.weight, ref.bias], grad)
+    torch.testing.assert_close(mine[0], theirs[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(mine[1], theirs[1]) and torch.equal(mine[2], theirs[2])
+    assert torch.equal(new(x), ref(x))  # no input gradient: torch's own forward
+    with pytest.raises(ValueError, match="stride 1"):
+        InputConv2d(1, 2, 3, stride=2)
