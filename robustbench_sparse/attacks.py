@@ -305,11 +305,13 @@ def craft(
     where the attack is our own.
 
     `todo` (a boolean mask over the batch): attack only those images; the others are returned as
-    x. Our early-stopping loop still draws its random start for the whole batch, so an image
-    starts where it would in a full-batch run; a library attack is called on the masked images.
+    x. Every random start is drawn for the whole batch, so an image starts where it would in a
+    full-batch run (a library that draws per batch is called on the whole batch).
 
     With `restarts` > 1 the attack runs again with derived seeds on the samples not yet fooled;
-    each sample keeps the first example that fools the model (else the last one tried).
+    each sample keeps the first example that fools the model (else the last one tried). Restart
+    r's start is drawn for the whole batch in both modes, so with early stopping each restart is
+    the plain restart cut short too.
     """
     if image_seeds is None:
         image_seeds = [stable_seed(seed, "image", i) for i in range(len(x))]
@@ -325,30 +327,39 @@ def craft(
         if early_stops(kind, params):
             adv = _early_stopping(model, kind, params, x, y, seed, image_seeds, rows)
         else:
-            adv = x.clone()
-            adv[rows] = _restarted(model, kind, params, x[rows], y[rows], seed, backend,
-                                   [image_seeds[i] for i in rows.tolist()])
+            adv = _restarted(model, kind, params, x, y, seed, backend, image_seeds, rows)
     check_budget(x, adv, params["eps"])
     return adv.detach()
 
 
 def _restarted(
     model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int, backend: str,
-    image_seeds: list[int],
+    image_seeds: list[int], rows: torch.Tensor,
 ) -> torch.Tensor:
-    """The library attack (or our margin PGD, every step) with its restarts on the survivors."""
-    restarts = int(params.get("restarts", 1))
-    adv = _attack_once(model, kind, params, x, y, restart_seed(seed, 0), backend, image_seeds).detach()
-    if restarts > 1:
-        fooled = _fooled(model, adv, y)
-        for r in range(1, restarts):
-            todo = (~fooled).nonzero().flatten()
+    """The library attack (or our margin PGD, every step) on the images `rows` of the batch, with
+    its restarts on the rows no earlier run fooled; each image keeps its first example that fools
+    (else the last one tried). Where the library draws one random tensor for a whole batch (PGD's
+    start, Square), it is called on the whole batch and the rows are kept: each image then starts
+    where it would in a call on the whole batch, whichever images are left to attack (the same
+    draws as the early-stopping loop's). Rows outside `rows` are returned as x."""
+    whole = batch_dependent(kind, params)
+    adv = x.clone()
+    todo = rows
+    for r in range(int(params.get("restarts", 1))):
+        if len(todo) == 0:
+            break
+        if r:
+            todo = todo[~_fooled(model, adv[todo], y[todo])]  # fooled ones are kept
             if len(todo) == 0:
                 break
-            candidate = _attack_once(model, kind, params, x[todo], y[todo], restart_seed(seed, r), backend,
+        run_seed = restart_seed(seed, r)
+        if whole:
+            candidate = _attack_once(model, kind, params, x, y, run_seed, backend,
+                                     [restart_seed(s, r) for s in image_seeds])[todo]
+        else:
+            candidate = _attack_once(model, kind, params, x[todo], y[todo], run_seed, backend,
                                      [restart_seed(image_seeds[i], r) for i in todo.tolist()])
-            adv[todo] = candidate.detach()  # fooled ones are kept; the rest take the newest try
-            fooled[todo] = _fooled(model, candidate, y[todo])
+        adv[todo] = candidate.detach()
     return adv
 
 

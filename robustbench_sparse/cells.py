@@ -109,7 +109,7 @@ class Cell:
         """Everything the perturbed set depends on, apart from the model it is crafted on."""
         bs = f"|bs={self.batch_size}" if self.batch_dependent else ""
         chain = self.evaluation.chain(self.strength)
-        pruned = f"|chain={','.join(f'{s:g}' for s in chain)}" if chain else ""
+        pruned = f"|chain={','.join(repr(float(s)) for s in chain)}" if chain else ""
         return (f"{self.spec}|n={self.n}|data={self.data[:16]}|evalseed={self.eval_seed}{bs}{pruned}"
                 f"|env={environment_id()}")
 

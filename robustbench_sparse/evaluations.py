@@ -41,6 +41,10 @@ def _choice(*options: Any) -> Callable[[Any, DatasetInfo], bool]:
     return lambda v, _: v in options
 
 
+def _bool() -> Callable[[Any, DatasetInfo], bool]:
+    return lambda v, _: isinstance(v, bool)  # not 1 or 0: one value, one spec string
+
+
 EPS = Param(0.0, _number(0, 1), "0 <= eps <= 1 (L-inf, pixel space)")
 STEPS = Param(10, _int(1), "an integer >= 1")
 ALPHA = Param("auto", lambda v, _: v == "auto" or _number(1e-9)(v, _), '"auto" (2.5 eps / steps) or > 0')
@@ -50,12 +54,12 @@ BPDA = Param(
     "none, relu or identity (k-winners backward: own mask, ReLU's, straight-through)",
 )
 EARLY_STOP = Param(
-    True, _choice(True, False),
+    True, _bool(),
     "true (each image stops at its first misclassified iterate; our loop, torchattacks' steps) or false "
     "(the library's attack, every step; default with backend=foolbox)",
 )
 PRUNE = Param(
-    True, _choice(True, False),
+    True, _bool(),
     "true (eps swept upwards, only images no smaller eps fooled are attacked; accuracy at eps = no eps' <= eps "
     "fooled it) or false (every eps attacks every image); a suite's `prune` sets the default",
 )
@@ -165,7 +169,7 @@ KINDS: dict[str, Kind] = {
             "eps",
             {
                 "eps": EPS, "steps": Param(40, _int(1), "an integer >= 1"), "alpha": ALPHA,
-                "random_start": Param(True, _choice(True, False), "true or false"),
+                "random_start": Param(True, _bool(), "true or false"),
                 "backend": BACKEND,
                 "bpda": BPDA,
                 "restarts": Param(1, _int(1), "an integer >= 1 (runs with derived seeds, worst case per sample)"),

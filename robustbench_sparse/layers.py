@@ -48,12 +48,12 @@ class InputConv2d(nn.Conv2d):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1 or self.padding_mode != "zeros":
-            raise ValueError("InputConv2d supports stride 1, dilation 1, groups 1 and zero padding only")
+        if (self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1 or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
+            raise ValueError("InputConv2d supports stride 1, dilation 1, groups 1 and numeric zero padding only")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
+        if not (torch.is_grad_enabled() and x.requires_grad and x.dim() == 4):
             return super().forward(x)
         out = F.conv2d(x.detach(), self.weight, self.bias, padding=self.padding)  # weights: torch's autograd
-        padding = self.padding if isinstance(self.padding, tuple) else (0, 0)
-        return _InputGradient.apply(x, self.weight.detach(), out, self.kernel_size, padding)
+        return _InputGradient.apply(x, self.weight.detach(), out, self.kernel_size, self.padding)

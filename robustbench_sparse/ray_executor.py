@@ -203,8 +203,8 @@ class RayExecutor:
             """The set's chunk refs (from this run, the cache, or new craft tasks) and the seconds
             refs of the craft tasks submitted for it now."""
             key = cell.set_key
-            if key in sets:
-                return sets[key], []
+            if key in sets:  # crafted as a pruned sweep's step: its unclaimed craft tasks are this job's
+                return sets[key], [t for t, k in dependency.items() if k == key and waiting.get(t, (1,))[0] is None]
             cached = ws.cache.load(key)
             if cached is not None:
                 return [ray.put(cached[s : s + cell.batch_size]) for s in range(0, len(cached), cell.batch_size)], []

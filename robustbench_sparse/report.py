@@ -291,8 +291,10 @@ def build_report(plan: harness.Plan) -> Report:
                 matrix = transfer_table(moves, evaluation, eps)
                 matrix.index.name = "source \\\\ target"
                 sections.append((f"Transfer: {evaluation}, ε = {eps:g}",
-                                 "Accuracy (%) of each target (columns) on examples crafted on each source (rows); "
-                                 f"the diagonal is the white-box result; `{ENSEMBLE}` attacks the mean logits of "
+                                 "Accuracy (%) of each target (columns) on examples crafted on each source (rows) "
+                                 "by the full attack (no pruning, no early stopping: examples that only just fool "
+                                 "their source would transfer worse); the diagonal is that attack's white-box "
+                                 f"result; `{ENSEMBLE}` attacks the mean logits of "
                                  f"{', '.join(plan.suite.transfer.ensemble) or 'no models'}.",
                                  matrix.reset_index()))
     for title, _, table in sections:

@@ -18,7 +18,7 @@ Everything is checked against the dataset before any work starts.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,13 @@ class Evaluation:
 
     def spec(self, strength: float) -> str:
         return spec_string(self.kind, self.params_at(strength))
+
+    def full(self) -> Evaluation:
+        """The same evaluation without pruning or early stopping: every eps attacks every image for
+        every step (the library's own attack). Transfer sets are crafted this way: an example that
+        only just fools its source transfers worse, so the fast mode would raise target accuracy."""
+        params = tuple((k, False if k in MODE_PARAMS else v) for k, v in self.params)
+        return replace(self, params=params)
 
     def draw_spec(self, strength: float) -> str:
         """The spec without the parameters that change how much work an attack does but not what
@@ -94,10 +101,11 @@ class Suite:
     transfer: TransferPlan = TransferPlan((), None, ())
 
     def transfer_cells(self) -> list[tuple[Evaluation, float]]:
-        """(attack evaluation, strength) pairs that `rbs transfer` crafts and moves between models."""
+        """(attack evaluation, strength) pairs that `rbs transfer` crafts and moves between models,
+        each evaluation in its full form (`Evaluation.full`)."""
         pairs = []
         for name in self.transfer.evaluations:
-            evaluation = self.evaluation(name)
+            evaluation = self.evaluation(name).full()
             wanted = self.transfer.strengths
             pairs += [(evaluation, s) for s in evaluation.strengths if s > 0 and (wanted is None or s in wanted)]
         return pairs

@@ -1,8 +1,10 @@
 """Transfer attacks: each source model's adversarial set, crafted once, evaluated on every model.
 
-The result per (attack, eps) is a source x target matrix whose diagonal is the white-box result
-(the very same cell). Each set is one job: crafted once on its source (cached on disk under the
-source's checkpoint hash), then scored on every target, so adding a model crafts only its own
+The result per (attack, eps) is a source x target matrix whose diagonal is the white-box result.
+Sets are crafted by the attack's full form (`Evaluation.full`: no sweep pruning, no early
+stopping), because examples that only just fool their source transfer worse and would make the
+targets look more robust. Each set is one job: crafted once on its source (cached on disk under
+the source's checkpoint hash), then scored on every target, so adding a model crafts only its own
 sets, and a re-run crafts nothing.
 """
 

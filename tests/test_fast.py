@@ -335,3 +335,35 @@ def test_input_conv_is_conv2d_with_the_same_gradients_to_rounding(padding, chann
     assert torch.equal(new(x), ref(x))  # no input gradient: torch's own forward
     with pytest.raises(ValueError, match="stride 1"):
         InputConv2d(1, 2, 3, stride=2)
+
+
+def test_restarts_with_early_stopping_are_the_plain_restarts_cut_short(trained_home, mnist5k):
+    """Each restart's start is drawn for the whole batch in both modes: every image the plain
+    restarts fool, the early-stopped restarts fool too."""
+    model = _model(trained_home, "kwinner")
+    x, y = mnist5k.test_x[:60], mnist5k.test_y[:60]
+    params = {**ITERATIVE["pgd"], "eps": 0.1, "steps": 5, "restarts": 3}
+    fast = craft(model, "pgd", {**params, "early_stop": True}, x, y, seed=9)
+    plain = craft(model, "pgd", {**params, "early_stop": False}, x, y, seed=9)
+    assert not (_fooled(model, plain, y) & ~_fooled(model, fast, y)).any()
+    untouched = ~_fooled(model, fast, y)
+    assert torch.equal(fast[untouched], plain[untouched])
+
+
+def test_pruning_a_library_attack_keeps_each_images_draw(trained_home, mnist5k):
+    """Without early stopping (the library's PGD), an attack on part of a batch still gives each
+    image the start a whole-batch call gives it."""
+    model = _model(trained_home, "dense")
+    x, y = mnist5k.test_x[:50], mnist5k.test_y[:50]
+    params = {**ITERATIVE["pgd"], "eps": 0.1, "early_stop": False}
+    todo = torch.arange(len(x)) % 2 == 0
+    whole = craft(model, "pgd", params, x, y, seed=5)
+    part = craft(model, "pgd", params, x, y, seed=5, todo=todo)
+    assert torch.equal(part[todo], whole[todo]) and torch.equal(part[~todo], x[~todo])
+
+
+def test_booleans_are_booleans():
+    with pytest.raises(UserError, match="prune=1 is out of range"):
+        resolve("pgd", {"eps": 0.1, "prune": 1}, INFO)
+    with pytest.raises(UserError, match="early_stop=0 is out of range"):
+        resolve("pgd", {"eps": 0.1, "early_stop": 0}, INFO)

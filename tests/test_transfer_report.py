@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 import shutil
@@ -6,6 +7,7 @@ import subprocess
 import pytest
 
 from robustbench_sparse import executor, harness
+from robustbench_sparse.cells import decode_flags
 from robustbench_sparse.report import build_report
 from robustbench_sparse.store import ResultStore
 from robustbench_sparse.transfer import run_transfer, transfer_matrix
@@ -51,9 +53,7 @@ def test_each_source_crafts_once_per_attack_and_eps(home, monkeypatch):
     crafts = _count_crafts(monkeypatch)
     plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
     frame = run_transfer(plan)
-    # 5 sources x (fgsm at 0.1 and 0.25 -- the pruned sweep's set at 0.25 starts from the one at 0.1 --
-    # and pgd at 0.25): each set once per source, not once per target
-    assert len(crafts) == 5 * 3
+    assert len(crafts) == 5 * 2  # 5 sources x (fgsm, pgd) at one eps: not 25 x 2
     assert len(frame) == 5 * 5 * 2 and frame["accuracy"].notna().all()
     crafts.clear()
     run_transfer(harness.plan("mnist5k", "moves", device="cpu", home=home.home))
@@ -63,32 +63,43 @@ def test_each_source_crafts_once_per_attack_and_eps(home, monkeypatch):
 def test_adding_a_model_crafts_only_its_own_sets(home, monkeypatch):
     crafts = _count_crafts(monkeypatch)
     run_transfer(harness.plan("mnist5k", "moves", ["dense", "dropout"], device="cpu", home=home.home))
-    assert len(crafts) == 2 * 3
+    assert len(crafts) == 2 * 2
     crafts.clear()
     frame = run_transfer(harness.plan("mnist5k", "moves", ["dense", "dropout", "kwinner"], device="cpu",
                                       home=home.home))
-    assert len(crafts) == 3  # kwinner's fgsm (0.1, 0.25) and pgd sets only
+    assert len(crafts) == 2  # kwinner's fgsm and pgd sets only
     assert len(frame) == 3 * 3 * 2
 
 
-def test_diagonal_is_the_white_box_result(home, tmp_path):
+def test_diagonal_is_the_full_white_box_attack_and_never_below_the_fast_one(home, tmp_path):
+    """Transfer sets are crafted by the library's full attack (no pruning, no early stopping): an
+    example that only just fools its source transfers worse. So the diagonal is the full attack's
+    white-box result, and the fast white-box run fools every image the diagonal does."""
     plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
     white = harness.run(plan, ResultStore(tmp_path / "white.sqlite"))
     shutil.rmtree(home.cache)  # nothing shared: transfer crafts its own sets
     moved = run_transfer(plan, ResultStore(tmp_path / "moved.sqlite"))
+    assert moved["spec"].str.contains("early_stop=false").sum() == (moved["kind"] == "pgd").sum()
+    assert moved["spec"].str.contains("prune=false").all()
+    full = harness.run(dataclasses.replace(plan, setup=dataclasses.replace(plan.setup, suite=dataclasses.replace(
+        plan.suite, evaluations=tuple(e.full() for e in plan.suite.evaluations)))), ResultStore(tmp_path / "full.sqlite"))
     for evaluation in ("fgsm", "pgd"):
         matrix = transfer_matrix(moved, evaluation, 0.25)
         for model in matrix.columns:
-            wb = white[(white["model"] == model) & (white["evaluation"] == evaluation) & (white["strength"] == 0.25)]
-            diag = moved[(moved["model"] == model) & (moved["source"] == model) & (moved["evaluation"] == evaluation)]
-            assert diag["flags"].item() == wb["flags"].item()
-            assert matrix.loc[model, model] == pytest.approx(wb["accuracy"].item() * 100)
+            def cell(frame, model=model, evaluation=evaluation):
+                return frame[(frame["model"] == model) & (frame["evaluation"] == evaluation)
+                             & (frame["strength"] == 0.25) & (frame["source"] == model)]
+            diag = cell(moved)
+            assert diag["flags"].item() == cell(full)["flags"].item()
+            assert matrix.loc[model, model] == pytest.approx(diag["accuracy"].item() * 100)
+            fast = decode_flags(cell(white)["flags"].item(), 50)
+            assert not (fast & ~decode_flags(diag["flags"].item(), 50)).any()
 
 
 def test_ensemble_is_one_more_source_row(home, monkeypatch):
     crafts = _count_crafts(monkeypatch)
     frame = run_transfer(harness.plan("mnist5k", "moves-ens", device="cpu", home=home.home))
-    assert len(crafts) == 6 * 3
+    assert len(crafts) == 6 * 2
     matrix = transfer_matrix(frame, "pgd", 0.25)
     assert list(matrix.index) == ["dense", "dropout", "batchnorm", "kwinner-boost", "kwinner", "ensemble"]
     assert matrix.notna().all().all()
@@ -131,7 +142,9 @@ def test_missing_cells_are_reported_not_rerun(home):
     plan = harness.plan("mnist5k", "moves", ["dense", "dropout"], device="cpu", home=home.home)
     harness.run(plan)
     report = build_report(plan)
-    assert report.missing == 4  # off-diagonal transfer cells: 2 attacks x (dense->dropout, dropout->dense)
+    # every transfer cell: 2 attacks x 2 sources x 2 targets (the diagonal too: transfer sets are the
+    # full attack's, not the pruned, early-stopped white-box sets)
+    assert report.missing == 8
     assert "have no stored result yet" in report.markdown.read_text()
 
 
