@@ -124,83 +124,114 @@ def _random_start(kind: str, params: dict[str, Any], x: torch.Tensor, seed: int,
 
 
 def _iterate(
-    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int,
-    image_seeds: list[int], rows: torch.Tensor, stop: bool = True,
+    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, start: torch.Tensor,
+    scale: torch.Tensor, rows: torch.Tensor, chunk: int, stop: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One run of an iterative attack on the images `rows` of the batch `x`, each image stopped at
-    its first misclassified iterate (`stop`; else every image runs every step). Returns
-    (adversarial rows, stopped rows).
+    """One run of an iterative attack on the images `rows` of `x` from the iterates `start`, each
+    image stopped at its first misclassified iterate (`stop`; else every image runs every step).
+    Returns (adversarial rows, stopped rows). The images still attacked are stepped together in
+    chunks of `chunk`, whichever batch they come from, so the chunks stay full as images stop.
 
     Hand-written because torchattacks and foolbox have no per-image early exit. Each update is
     torchattacks' own (v3.5: BIM, MIFGSM, PGD), in the same floating-point order:
-    - the loss is the cross-entropy averaged over the batch the library would be called on (the
-      whole batch `x`); the margin loss (max_{j != y} z_j - z_y, our margin PGD) is summed;
+    - the loss is the cross-entropy averaged over the batch the library would be called on: each
+      image's term divided by `scale`, its batch's size; the margin loss (max_{j != y} z_j - z_y,
+      our margin PGD) is summed;
     - PGD and MI-FGSM: x' <- clamp(x + clamp(x' + alpha sign(g) - x, -eps, eps), 0, 1);
     - I-FGSM: x' <- min(max(x' + alpha sign(g), max(x - eps, 0)), x + eps, 1);
     - MI-FGSM: g <- g / mean|g| + decay m per image, m <- g (where the gradient is exactly zero this
       is 0 / 0 = NaN, as in the library; torch's sign(NaN) = 0, so such an image stops moving).
     The model's output for an image does not depend on the other images of its batch (eval mode),
-    so dropping the finished images leaves the others' trajectories bit for bit the library's.
+    so an image's trajectory is bit for bit the library's on its own batch (a test checks).
     The iterate after the last step is returned unchecked, as the library returns it.
     """
     eps, alpha, steps = params["eps"], step_size(params), params["steps"]
     margin = kind == "pgd" and params.get("loss", "ce") == "margin"
-    scale = len(x)  # CrossEntropyLoss(reduction="mean") over the batch the library would see
-    x0, y0 = x[rows].detach(), y[rows].detach()
-    cur = _random_start(kind, params, x, seed, image_seeds)[rows].detach()
+    x0, y0, scale0 = x[rows].detach(), y[rows].detach(), scale[rows]
+    cur = start[rows].detach()
     found = torch.empty_like(x0)
     fooled = torch.zeros(len(rows), dtype=torch.bool, device=x.device)
     at = torch.arange(len(rows), device=x.device)  # positions (in `rows`) of the images still attacked
-    momentum = torch.zeros_like(x0)
+    momentum = torch.zeros_like(x0) if kind == "mifgsm" else x0[:0]
     for _ in range(steps):
-        cur.requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(cur)
-            hit = (logits.detach().argmax(dim=1) != y0) if stop else torch.zeros_like(y0, dtype=torch.bool)
-            keep = ~hit
-            if bool(hit.any()):
-                found[at[hit]] = cur.detach()[hit]
-                fooled[at[hit]] = True
-                if not bool(keep.any()):
-                    return found, fooled
-                logits, x0, y0, at, momentum = logits[keep], x0[keep], y0[keep], at[keep], momentum[keep]
-            loss = margin_loss(logits, y0).sum() if margin else F.cross_entropy(logits, y0, reduction="sum") / scale
-            (grad,) = torch.autograd.grad(loss, cur)
-        if bool(hit.any()):
-            cur, grad = cur[keep], grad[keep]
-        cur = cur.detach()
+        stepped: list[torch.Tensor] = []
+        kept: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        for c in range(0, len(at), chunk):
+            part = slice(c, c + chunk)
+            yc, sc = y0[part], scale0[part]
+            cc = cur[part].detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(cc)
+                hit = (logits.detach().argmax(dim=1) != yc) if stop else torch.zeros_like(yc, dtype=torch.bool)
+                keep = ~hit
+                if bool(hit.any()):
+                    found[at[part][hit]] = cc.detach()[hit]
+                    fooled[at[part][hit]] = True
+                    if not bool(keep.any()):
+                        kept.append(keep)
+                        continue
+                    logits, yc, sc = logits[keep], yc[keep], sc[keep]
+                if margin:
+                    loss = margin_loss(logits, yc).sum()
+                else:
+                    loss = (F.cross_entropy(logits, yc, reduction="none") / sc).sum()
+                (grad,) = torch.autograd.grad(loss, cc)
+            grad, now = grad[keep], cc.detach()[keep]
+            if kind == "mifgsm":
+                grad = grad / torch.mean(torch.abs(grad), dim=tuple(range(1, grad.dim())), keepdim=True)
+                grad = grad + momentum[part][keep] * params["decay"]
+                grads.append(grad)  # the new momentum
+            stepped.append(now + alpha * grad.sign())
+            kept.append(keep)
+        keep_all = torch.cat(kept)
+        if not bool(keep_all.any()):
+            return found, fooled
+        moved = torch.cat(stepped)
+        x0, y0, scale0, at = x0[keep_all], y0[keep_all], scale0[keep_all], at[keep_all]
         if kind == "mifgsm":
-            grad = grad / torch.mean(torch.abs(grad), dim=tuple(range(1, grad.dim())), keepdim=True)
-            grad = grad + momentum * params["decay"]
-            momentum = grad
-        stepped = cur + alpha * grad.sign()
+            momentum = torch.cat(grads)
         if kind == "ifgsm":
             low, high = torch.clamp(x0 - eps, min=0), x0 + eps
-            above_low = torch.where(stepped >= low, stepped, low)
+            above_low = torch.where(moved >= low, moved, low)
             cur = torch.clamp(torch.where(above_low > high, high, above_low), max=1)
         else:
-            delta = torch.clamp(stepped - x0, min=-eps, max=eps)
+            delta = torch.clamp(moved - x0, min=-eps, max=eps)
             cur = torch.clamp(x0 + delta, min=0, max=1)
     found[at] = cur.detach()
     return found, fooled
 
 
+def _starts(kind: str, params: dict[str, Any], x: torch.Tensor, seeds: list[int], image_seeds: list[int],
+            batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's start iterate, `x` cut into batches of `batch_size` (batch i's draw seeded by
+    seeds[i]), and each image's batch size (the cross-entropy's mean is over its batch)."""
+    starts, scale = [], []
+    for i, first in enumerate(range(0, len(x), batch_size)):
+        xb = x[first : first + batch_size]
+        starts.append(_random_start(kind, params, xb, seeds[i], image_seeds[first : first + batch_size]))
+        scale.append(torch.full((len(xb),), float(len(xb)), device=x.device))
+    return torch.cat(starts), torch.cat(scale)
+
+
 def _early_stopping(
-    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int,
-    image_seeds: list[int], rows: torch.Tensor,
+    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seeds: list[int],
+    image_seeds: list[int], rows: torch.Tensor, batch_size: int,
 ) -> torch.Tensor:
     """The iterative attack on `rows` with per-image early stopping; with `restarts` > 1, restart r
-    (seeds as `restart_seed`) runs on the rows no earlier run fooled, its start drawn for the
+    (seeds as `restart_seed`) runs on the rows no earlier run fooled, its start drawn for each
     whole batch as in the first run. Rows outside `rows` are returned as x."""
     adv = x.clone()
-    for r in range(int(params.get("restarts", 1))):
+    restarts = int(params.get("restarts", 1))
+    for r in range(restarts):
         if len(rows) == 0:
             break
-        found, fooled = _iterate(model, kind, params, x, y, restart_seed(seed, r),
-                                 [restart_seed(s, r) for s in image_seeds], rows)
+        start, scale = _starts(kind, params, x, [restart_seed(s, r) for s in seeds],
+                               [restart_seed(s, r) for s in image_seeds], batch_size)
+        found, fooled = _iterate(model, kind, params, x, y, start, scale, rows, batch_size)
         adv[rows] = found.detach()
         rows = rows[~fooled]
-        if len(rows) and r + 1 < int(params.get("restarts", 1)):
+        if len(rows) and r + 1 < restarts:
             rows = rows[~_fooled(model, adv[rows], y[rows])]  # the last iterates that fool are kept
     return adv
 
@@ -275,8 +306,9 @@ def _attack_once(
         if kind == "pgd" and params.get("loss", "ce") == "margin":
             # No library has margin-loss PGD (torchattacks.PGD and foolbox's LinfPGD hard-code
             # cross-entropy): our loop, every image for every step.
-            return _iterate(model, kind, params, x, y, seed, image_seeds, torch.arange(len(x), device=x.device),
-                            stop=False)[0]
+            start = _random_start(kind, params, x, seed, image_seeds)
+            return _iterate(model, kind, params, x, y, start, torch.full((len(x),), float(len(x)), device=x.device),
+                            torch.arange(len(x), device=x.device), len(x), stop=False)[0]
         return _torchattacks(model, kind, params, seed)(x, y)
 
 
@@ -300,9 +332,9 @@ def craft(
     model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seed: int,
     image_seeds: list[int] | None = None, todo: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Adversarial versions of x (model must already be in eval mode). Every random draw is seeded:
-    by `seed` for the whole batch, or per image by `image_seeds` (default: derived from `seed`)
-    where the attack is our own.
+    """Adversarial versions of the batch x (model must already be in eval mode). Every random draw
+    is seeded: by `seed` for the whole batch, or per image by `image_seeds` (default: derived from
+    `seed`) where the attack is our own.
 
     `todo` (a boolean mask over the batch): attack only those images; the others are returned as
     x. Every random start is drawn for the whole batch, so an image starts where it would in a
@@ -315,6 +347,17 @@ def craft(
     """
     if image_seeds is None:
         image_seeds = [stable_seed(seed, "image", i) for i in range(len(x))]
+    return craft_batches(model, kind, params, x, y, [seed], image_seeds, max(len(x), 1), todo)
+
+
+def craft_batches(
+    model: nn.Module, kind: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, seeds: list[int],
+    image_seeds: list[int], batch_size: int, todo: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`craft` on x cut into batches of `batch_size`, batch i seeded by seeds[i]: every image gets
+    exactly what `craft` on its own batch gives it. With early stopping the images still attacked
+    in all batches are stepped together, in chunks of `batch_size`, so chunks stay full as images
+    stop (on CPU a half-empty batch costs ~20% more per image)."""
     if kind not in ATTACKS:
         raise ValueError(f"unknown attack {kind!r}; valid: {', '.join(ATTACKS)}")
     backend = _check_combination(kind, params)
@@ -325,9 +368,15 @@ def craft(
         return x.clone()
     with bpda_backward(model, params.get("bpda", "none")):
         if early_stops(kind, params):
-            adv = _early_stopping(model, kind, params, x, y, seed, image_seeds, rows)
+            adv = _early_stopping(model, kind, params, x, y, seeds, image_seeds, rows, batch_size)
         else:
-            adv = _restarted(model, kind, params, x, y, seed, backend, image_seeds, rows)
+            adv = x.clone()
+            for i, first in enumerate(range(0, len(x), batch_size)):
+                part = slice(first, first + batch_size)
+                mine = rows[(rows >= first) & (rows < first + batch_size)] - first
+                if len(mine):
+                    adv[part] = _restarted(model, kind, params, x[part], y[part], seeds[i], backend,
+                                           image_seeds[part], mine)
     check_budget(x, adv, params["eps"])
     return adv.detach()
 

@@ -281,16 +281,13 @@ def perturb(
     y: torch.Tensor,
     info: DatasetInfo,
     image_seeds: list[int],
-    attack_seed: int,
-    todo: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The perturbed batch for one evaluation (model in eval mode). Random noise is drawn per
-    image from `image_seeds`, so a number never depends on the batch size; attacks get
-    `attack_seed` (for libraries that draw per batch) and the per-image seeds, and attack only the
-    images `todo` marks (default: all)."""
+    """The batch under one random-noise evaluation (or clean). Noise is drawn per image from
+    `image_seeds`, so a number never depends on the batch size. Attacks are crafted by
+    `attacks.craft_batches` (`executor.perturbed_set`)."""
     kind = kind_of(kind_name)
     if kind.adversarial:
-        return attacks.craft(model, kind_name, params, x, y, attack_seed, image_seeds, todo)
+        raise ValueError(f"{kind_name} is an attack: craft it with attacks.craft_batches")
     if kind.noise is None:  # clean
         return x
     with torch.inference_mode():

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from robustbench_sparse.attacks import live_gradients
+from robustbench_sparse.attacks import craft_batches, live_gradients
 from robustbench_sparse.cells import Cell, Job
 from robustbench_sparse.checkpoints import model_from_bytes
 from robustbench_sparse.data import Dataset, DatasetInfo
@@ -67,20 +67,24 @@ def perturbed_set(
     params = evaluation.params_at(strength)
     spec = evaluation.draw_spec(strength)  # the same draws with and without early stopping or pruning
     pruned = bool(evaluation.chain(strength))
+    if kind_of(evaluation.kind).adversarial:
+        # All batches in one call: with early stopping, the images still attacked in every batch
+        # are stepped together (each image exactly as on its own batch, with its batch's seed).
+        xs, ys = x.to(device), y.to(device)
+        seeds = [batch_seed(eval_seed, spec, offset + first, batch_size) for first in range(0, len(x), batch_size)]
+        per_image = image_seeds(eval_seed, spec, offset, len(x))
+        if not pruned:
+            return craft_batches(model, evaluation.kind, params, xs, ys, seeds, per_image, batch_size).cpu()
+        before = xs if previous is None else previous.to(device)
+        with torch.no_grad():
+            survivors = torch.cat([model(before[first : first + batch_size]).argmax(dim=1) == ys[first : first + batch_size]
+                                   for first in range(0, len(x), batch_size)]) if len(x) else ys.bool()
+        adv = craft_batches(model, evaluation.kind, params, xs, ys, seeds, per_image, batch_size, todo=survivors)
+        return torch.where(survivors.view(-1, *[1] * (xs.dim() - 1)), adv, before).cpu()
     parts = []
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        first = offset + start
-        seeds = image_seeds(eval_seed, spec, first, len(xb))
-        seed = batch_seed(eval_seed, spec, first, batch_size)
-        if not pruned:
-            parts.append(perturb(evaluation.kind, params, model, xb, yb, info, seeds, seed).cpu())
-            continue
-        before = xb if previous is None else previous[start : start + batch_size].to(device)
-        with torch.no_grad():
-            survivors = model(before).argmax(dim=1) == yb
-        adv = perturb(evaluation.kind, params, model, xb, yb, info, seeds, seed, todo=survivors)
-        parts.append(torch.where(survivors.view(-1, *[1] * (xb.dim() - 1)), adv, before).cpu())
+        parts.append(perturb(evaluation.kind, params, model, xb, yb, info, image_seeds(eval_seed, spec, offset + start, len(xb))).cpu())
     return torch.cat(parts) if parts else x[:0].clone()
 
 

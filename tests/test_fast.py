@@ -77,9 +77,25 @@ def test_early_stopping_is_seeded_and_stops_only_fooled_images(trained_home, mni
     assert not torch.equal(one, craft(model, "pgd", params, x, y, seed=4))
     # Every image stopped early is misclassified at the example it keeps.
     rows = torch.arange(len(x))
-    found, stopped = attacks._iterate(model, "pgd", params, x, y, 3, list(range(len(x))), rows)
+    start, scale = attacks._starts("pgd", params, x, [3], list(range(len(x))), len(x))
+    found, stopped = attacks._iterate(model, "pgd", params, x, y, start, scale, rows, len(x))
     assert torch.equal(found, one)
     assert _fooled(model, found[stopped], y[stopped]).all()
+
+
+@pytest.mark.parametrize("kind", list(ITERATIVE))
+def test_batches_stepped_together_give_each_batch_its_own_result(trained_home, mnist5k, kind):
+    """craft_batches steps the images still attacked in all batches together, in chunks: each
+    image gets bit for bit what `craft` on its own batch gives it (also with pruning)."""
+    model = _model(trained_home, "kwinner-boost")
+    x, y = mnist5k.test_x[:70], mnist5k.test_y[:70]
+    params = {**ITERATIVE[kind], "eps": 0.15, "restarts": 2} if kind == "pgd" else {**ITERATIVE[kind], "eps": 0.15}
+    seeds, per_image = [4, 5, 6], list(range(100, 170))
+    todo = torch.arange(len(x)) % 4 != 1
+    pooled = attacks.craft_batches(model, kind, params, x, y, seeds, per_image, 25, todo=todo)
+    alone = torch.cat([craft(model, kind, params, x[f : f + 25], y[f : f + 25], seeds[i], per_image[f : f + 25],
+                             todo=todo[f : f + 25]) for i, f in enumerate(range(0, 70, 25))])
+    assert torch.equal(pooled, alone)
 
 
 def test_todo_attacks_only_the_marked_images_from_the_full_batch_start(trained_home, mnist5k):
