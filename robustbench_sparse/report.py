@@ -123,12 +123,28 @@ def rank_table(records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     table["strongest single attack"] = [strongest[k] for k in keys]
     table = table.sort_values(["strength", "rank (worst case)", "rank (PGD)"], kind="stable").rename(
         columns={"strength": "ε"})
-    changes = [
-        f"{r.model} at ε={r.strength:g}: {_ordinal(r['rank (PGD)'])} by PGD, {_ordinal(r['rank (worst case)'])} "
-        "by the worst case"
-        for _, r in means.iterrows() if r["rank (PGD)"] != r["rank (worst case)"]
-    ]
-    return table, changes
+    return table, _rank_changes(means)
+
+
+def _rank_changes(means: pd.DataFrame) -> list[str]:
+    """Sentences for the models whose order against another model flips between plain PGD and the
+    worst case (above by one, below by the other). A model that only joins or leaves a tie has
+    not changed places: "3rd by PGD, 2nd by the worst case" among models all at 0% is no news."""
+    changes = []
+    for eps, group in means.groupby("strength", sort=False):
+        rows = group.to_dict("records")
+        for r in rows:
+            flipped = [o for o in rows if o["model"] != r["model"]
+                       and (r["pgd"] - o["pgd"]) * (r["worst"] - o["worst"]) < 0]
+            if not flipped:
+                continue
+            below = [o["model"] for o in flipped if r["worst"] < o["worst"]]
+            above = [o["model"] for o in flipped if r["worst"] > o["worst"]]
+            where = "; ".join(part for part in (f"now below {', '.join(below)}" if below else "",
+                                                f"now above {', '.join(above)}" if above else "") if part)
+            changes.append(f"{r['model']} at ε={eps:g}: {_ordinal(r['rank (PGD)'])} by PGD, "
+                           f"{_ordinal(r['rank (worst case)'])} by the worst case ({where})")
+    return changes
 
 
 def _ordinal(n: int) -> str:

@@ -171,3 +171,28 @@ def test_html_report_renders_in_headless_chromium(home, tmp_path):
     pngs = sum(p.suffix == ".png" for p in report.figures)
     assert int(attrs["images"]) == pngs and int(attrs["images-loaded"]) == pngs
     assert int(attrs["tables"]) >= 6
+
+
+def test_rank_changes_name_real_reorderings_not_ties():
+    """At eps = 0.3 three models tie at 0% under both; kwinner (2% by PGD) falls into the tie
+    under the worst case and kwinner-boost keeps 0.3%: only the pair that swapped is named."""
+    import pandas as pd
+
+    from robustbench_sparse.report import _rank_changes
+
+    means = pd.DataFrame({
+        "strength": [0.3] * 5,
+        "model": ["dense", "dropout", "batchnorm", "kwinner-boost", "kwinner"],
+        "pgd": [0.0, 0.0, 0.0, 1.3, 2.0],
+        "worst": [0.0, 0.0, 0.0, 0.3, 0.0],
+    })
+    for column, rank in (("pgd", "rank (PGD)"), ("worst", "rank (worst case)")):
+        means[rank] = means[column].rank(ascending=False, method="min").astype(int)
+    changes = _rank_changes(means)
+    assert changes == [
+        "kwinner-boost at ε=0.3: 2nd by PGD, 1st by the worst case (now above kwinner)",
+        "kwinner at ε=0.3: 1st by PGD, 2nd by the worst case (now below kwinner-boost)",
+    ]
+    assert not any(c.startswith("dense") for c in changes)
+    same = means.assign(worst=means["pgd"], **{"rank (worst case)": means["rank (PGD)"]})
+    assert _rank_changes(same) == []
