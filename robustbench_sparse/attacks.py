@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed
-from robustbench_sparse.sparse import kwinner_layers
 
 BACKENDS = ("torchattacks", "foolbox")
 ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd", "square")
@@ -58,24 +57,68 @@ def step_size(params: dict[str, Any]) -> float:
     return 2.5 * params["eps"] / params["steps"] if alpha == "auto" else float(alpha)
 
 
+def looks_like_kwinners(module: nn.Module) -> bool:
+    """A k-winners layer from another library, found by duck typing: it says so (`rbs_kwinners =
+    True`), or it carries the k-winners state of nupic.torch's `KWinners` / `KWinners2d` (the
+    paper's code): a `k_inference_factor` and a `duty_cycle`. Our own layers (and any layer with a
+    `bpda` attribute) handle BPDA themselves and are not counted here."""
+    if hasattr(module, "bpda"):
+        return False
+    if getattr(module, "rbs_kwinners", False) is True:
+        return True
+    return hasattr(module, "k_inference_factor") and hasattr(module, "duty_cycle")
+
+
+def bpda_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The layers BPDA acts on: (those with a `bpda` attribute, the duck-typed foreign k-winners)."""
+    own = [m for m in model.modules() if hasattr(m, "bpda") and not isinstance(m, nn.Sequential)]
+    foreign = [m for m in model.modules() if looks_like_kwinners(m)]
+    return own, foreign
+
+
+def _stand_in_hook(mode: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+    """A forward hook that keeps a layer's output value and gives it the stand-in's backward:
+    out' = s(x) + (out - s(x)).detach(), s = ReLU or the identity on the layer's input x. This is
+    what our layers do inside (`sparse._KWinnersBase._with_backward`) for a layer we cannot edit."""
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], out: Any) -> Any:
+        x = inputs[0]
+        if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor) or x.shape != out.shape:
+            raise UserError(f"BPDA needs the k-winners layer {type(module).__name__} to return one tensor of its "
+                            f"input's shape (got {type(out).__name__}); see README: Benchmark your own model")
+        surrogate = torch.relu(x) if mode == "relu" else x
+        return surrogate + (out - surrogate).detach()
+
+    return hook
+
+
 @contextlib.contextmanager
 def bpda_backward(model: nn.Module, mode: str | None) -> Iterator[nn.Module]:
     """Every k-winners layer of `model` backpropagates as `mode` says while the block runs.
 
     "relu": the backward of ReLU; "identity": straight-through; "none" (or None): the layers' own
     mask gradient. Forward values are unchanged (the layers add the stand-in's gradient only).
-    Each layer's previous setting is restored afterwards, also when the block raises.
+
+    The protocol a layer follows to take part (README: Benchmark your own model): either it has a
+    `bpda` attribute (None, "relu" or "identity") and its forward honours it, as our `KWinners`
+    do; or it is found by `looks_like_kwinners` and gets a forward hook doing the same.
+    Each layer's previous setting is restored (hooks removed) afterwards, also when the block raises.
     """
     if mode not in (*BPDA_MODES, None):
         raise ValueError(f"unknown bpda mode {mode!r}; valid: {', '.join(BPDA_MODES)}")
     value = None if mode in (None, "none") else mode
-    layers = kwinner_layers(model)
+    layers, foreign = bpda_layers(model)
     previous = [layer.bpda for layer in layers]
+    hooks = []
     try:
         for layer in layers:
             layer.bpda = value
+        if value is not None:
+            hooks = [layer.register_forward_hook(_stand_in_hook(value)) for layer in foreign]
         yield model
     finally:
+        for hook in hooks:
+            hook.remove()
         for layer, old in zip(layers, previous, strict=True):
             layer.bpda = old
 

@@ -138,10 +138,47 @@ def load_checkpoint(
 
 
 def model_from_bytes(spec: ModelSpec, info: DatasetInfo, data: bytes, device: torch.device | str = "cpu") -> nn.Module:
-    """The model of `spec` with the weights saved in `data` (a checkpoint file's bytes), in eval mode."""
-    model = build_model(spec, info)
-    model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    """The model of `spec` with the weights saved in `data` (a checkpoint file's bytes), in eval mode.
+    A model brought as an object (`family = EXTERNAL`) is the whole pickled module (`pack_module`)."""
+    if spec.family == EXTERNAL:
+        model = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    else:
+        model = build_model(spec, info)
+        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
     return model.to(device).eval()
+
+
+# The family of a model brought as an object (`evaluate_model`): no builder, the module travels pickled.
+EXTERNAL = "external"
+
+
+def pack_module(model: nn.Module) -> bytes:
+    """A module as bytes a worker can load without its source: cloudpickle sends a class defined in
+    a script or notebook by value (plain pickle would send only its name); classes from installed
+    packages still go by name and must be importable where the bytes are loaded."""
+    import cloudpickle
+
+    buffer = io.BytesIO()
+    torch.save(model, buffer, pickle_module=cloudpickle)
+    return buffer.getvalue()
+
+
+def module_identity(model: nn.Module) -> str:
+    """SHA-256 of a module's state_dict (tensors, in order) and its architecture (the class's source
+    where Python has it, else the module's repr): new weights or new code give a new identity."""
+    import inspect
+
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    digest = hashlib.sha256(buffer.getvalue())
+    for module in model.modules():
+        try:
+            code = inspect.getsource(type(module))
+        except (OSError, TypeError):
+            code = repr(type(module))
+        digest.update(code.encode())
+    digest.update(repr(model).encode())
+    return digest.hexdigest()
 
 
 def checkpoint_bytes(paths: Paths, spec: ModelSpec, info: DatasetInfo, seed: int) -> tuple[bytes, Manifest]:

@@ -16,7 +16,7 @@ import functools
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robustbench_sparse.cells import COLUMNS, Cell, Job, environment, make_record, test_fingerprint
-from robustbench_sparse.checkpoints import checkpoint_bytes, checkpoint_status, read_manifest
+from robustbench_sparse.checkpoints import EXTERNAL, checkpoint_bytes, checkpoint_status, read_manifest
 from robustbench_sparse.data import Dataset, DatasetInfo, dataset_info, default_data_root, load_dataset
 from robustbench_sparse.executor import Executor, Workspace, cells_by_set, make_executor
 from robustbench_sparse.runtime import (
@@ -73,11 +73,15 @@ class Setup:
     device: torch.device
     backend: str | None = None  # set only when it changes the suite's own attacks
     notes: tuple[str, ...] = ()
+    # Models brought as objects (`own_model.evaluate_model`): (name, seed) -> (identity, pickled module).
+    external: dict[tuple[str, int], tuple[str, bytes]] = field(default_factory=dict)
+    label: str = ""  # appended to the run's name: a run with a model of one's own is kept apart
 
     @property
     def run_name(self) -> str:
-        """The run's identity in reports/<dataset>/: the suite, and the backend when it differs."""
-        return self.suite.name + (f"@{self.backend}" if self.backend else "")
+        """The run's identity in reports/<dataset>/: the suite, the backend when it differs, and
+        the label of a run that adds models of one's own."""
+        return self.suite.name + (f"@{self.backend}" if self.backend else "") + (f"+{self.label}" if self.label else "")
 
     @property
     def folder(self) -> Path:
@@ -163,11 +167,16 @@ class Plan:
         return Cell(self.info.name, model, seed, self.checkpoints[(model, seed)], evaluation, strength, self.n,
                     self.suite.seed, self.suite.batch_size, self.fingerprint, source, source_checkpoint)
 
+    def has(self, model: str, seed: int) -> bool:
+        """Whether the model exists for that seed (a model brought as an object may have fewer)."""
+        return (model, seed) in self.checkpoints
+
     def cells(self) -> list[Cell]:
         return [
             self.cell(spec.name, seed, evaluation, strength)
             for seed in self.seeds
             for spec in self.specs
+            if self.has(spec.name, seed)
             for evaluation in self.suite.evaluations
             for strength in evaluation.strengths
         ]
@@ -179,6 +188,10 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
     dataset = setup.info.name
     for seed in setup.seeds:
         for spec in setup.specs:
+            if spec.family == EXTERNAL:
+                if (spec.name, seed) in setup.external:
+                    checkpoints[(spec.name, seed)] = setup.external[(spec.name, seed)][0]
+                continue
             status = checkpoint_status(setup.paths, spec, dataset, seed)
             if status != "trained":
                 raise UserError(
@@ -223,6 +236,8 @@ def workspace(plan: Plan, cache: ArtifactStore | None = None) -> Workspace:
     x, y = plan.test_set()
 
     def checkpoint(name: str, seed: int) -> tuple[ModelSpec, bytes]:
+        if (name, seed) in plan.setup.external:
+            return specs[name], plan.setup.external[(name, seed)][1]
         data, manifest = checkpoint_bytes(plan.paths, specs[name], plan.info, seed)
         if manifest.sha256 != plan.checkpoints[(name, seed)]:
             raise UserError(f"{name} (seed {seed}) was retrained while this run was planned; run the command again")

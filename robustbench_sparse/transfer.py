@@ -31,7 +31,7 @@ def ensemble_id(checkpoints: list[str]) -> str:
 def _sources(plan: harness.Plan, seed: int) -> dict[str, str]:
     """Source name -> checkpoint id: every model, plus the suite's ensemble if it has one (its
     members were checked against the selected models by `harness.prepare`)."""
-    ckpt = {s.name: plan.checkpoints[(s.name, seed)] for s in plan.specs}
+    ckpt = {s.name: plan.checkpoints[(s.name, seed)] for s in plan.specs if plan.has(s.name, seed)}
     members = plan.suite.transfer.ensemble
     if members:
         ckpt[ENSEMBLE] = ensemble_id([ckpt[m] for m in members])
@@ -48,7 +48,8 @@ def transfer_cells(plan: harness.Plan) -> list[Cell]:
         ckpt = _sources(plan, seed)
         for evaluation, strength in pairs:
             for source in ckpt:
-                cells += [plan.cell(spec.name, seed, evaluation, strength, source, ckpt[source]) for spec in plan.specs]
+                cells += [plan.cell(spec.name, seed, evaluation, strength, source, ckpt[source])
+                          for spec in plan.specs if plan.has(spec.name, seed)]
     return cells
 
 

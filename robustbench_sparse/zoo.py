@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
+import inspect
 import json
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -62,6 +65,8 @@ class ModelSpec:
         """Identifies a trained checkpoint: every setting that changes the weights, and the data.
         The description and the list of datasets a variant is declared for change no weight."""
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("description", "datasets")}
+        if is_import_path(self.family):  # the builder's code lives outside this package: editing it retrains
+            settings["family_source"] = family_source_hash(self.family)
         payload = json.dumps({"spec": settings, "dataset": dataset}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -85,7 +90,11 @@ class ModelSpec:
             if not cond:
                 raise UserError(f"model {self.name!r}: {what}")
 
-        need(self.family in FAMILIES, f"unknown family {self.family!r}; valid: {', '.join(FAMILIES)}")
+        if is_import_path(self.family):
+            family_builder(self.family, self.name)  # importable, callable, takes (spec, info): else a UserError
+        else:
+            need(self.family in FAMILIES, f"unknown family {self.family!r}; valid: {', '.join(FAMILIES)} or "
+                 "an import path 'package.module:builder'")
         unknown = [d for d in self.datasets if d not in DATASETS]
         need(not unknown, f"unknown datasets {unknown}; valid: {', '.join(DATASETS)}")
         need(len(self.channels) >= 1, "channels needs at least one conv block")
@@ -187,8 +196,13 @@ def parse_zoo(text: str, source: str = "zoo.toml") -> dict[str, dict[str, ModelS
 
 
 def load_zoo(path: Path) -> dict[str, dict[str, ModelSpec]]:
+    """The zoo of a spec file. Its home folder (the parent of models/) is importable, so a family
+    `my_models:build` may live in `my_models.py` beside models/ as well as in any installed package."""
     if not path.exists():
         raise UserError(f"no zoo spec file at {path}; set RBS_HOME or --home to the folder holding models/zoo.toml")
+    home = str(path.resolve().parent.parent)
+    if home not in sys.path:
+        sys.path.append(home)
     return parse_zoo(path.read_text(), str(path))
 
 
@@ -306,10 +320,61 @@ def _vgg(spec: ModelSpec, info: DatasetInfo) -> list[nn.Module]:
     return convs + _classifier(spec, info, features)
 
 
+def is_import_path(family: str) -> bool:
+    return ":" in family
+
+
+def family_builder(family: str, model: str = "?") -> Family:
+    """The builder a family names: a registered one, or `package.module:function` imported here.
+    An import path that does not import, name a callable, or take (spec, info) is a UserError."""
+    if not is_import_path(family):
+        return FAMILIES[family]
+    where = f"model {model!r}: family {family!r}"
+    module_name, _, attr = family.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"{where}: an import path is 'package.module:builder'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any failure while importing user code is the user's to fix
+        raise UserError(f"{where}: cannot import module {module_name!r} ({type(err).__name__}: {err}); put it on "
+                        "PYTHONPATH, install its package, or place it beside models/ in the home folder") from None
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise UserError(f"{where}: module {module_name!r} has no callable {attr!r}")
+    try:
+        inspect.signature(builder).bind(None, None)
+    except TypeError:
+        raise UserError(f"{where}: the builder must take two arguments (spec: ModelSpec, info: DatasetInfo) and "
+                        f"return an nn.Module or a list of modules; its signature is {inspect.signature(builder)}") from None
+    except ValueError:  # a builtin without a signature: let the call decide
+        pass
+    return builder
+
+
+def family_source_hash(family: str) -> str:
+    """SHA-256 of the source file of an import-path family's module (its code, for the config hash)."""
+    module = importlib.import_module(family.partition(":")[0])
+    try:
+        return hashlib.sha256(Path(inspect.getfile(module)).read_bytes()).hexdigest()
+    except (TypeError, OSError):  # a module without a file (built in, or made at run time): its name only
+        return family
+
+
+def _layers(spec: ModelSpec, info: DatasetInfo) -> list[nn.Module]:
+    """The family's layers after normalisation; an import-path builder's result checked."""
+    built = family_builder(spec.family, spec.name)(spec, info)
+    if isinstance(built, nn.Module):
+        return [built]
+    if isinstance(built, list | tuple) and built and all(isinstance(m, nn.Module) for m in built):
+        return list(built)
+    raise UserError(f"model {spec.name!r}: family {spec.family!r} returned {type(built).__name__}; a builder returns "
+                    "an nn.Module (taking normalised inputs, returning logits) or a list of modules")
+
+
 def build_model(spec: ModelSpec, info: DatasetInfo) -> nn.Sequential:
     """A freshly initialised model (draws from torch's global RNG: seed it first)."""
     if info.name not in spec.datasets:
         raise UserError(f"model {spec.name!r} is not declared for {info.name!r}; it is for {', '.join(spec.datasets)}")
-    model = nn.Sequential(Normalize(info.mean, info.std), *FAMILIES[spec.family](spec, info))
+    model = nn.Sequential(Normalize(info.mean, info.std), *_layers(spec, info))
     # channels-last convolutions run ~30% faster on CPU (oneDNN); results are layout-independent.
     return model.to(memory_format=torch.channels_last)
