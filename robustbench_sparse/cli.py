@@ -58,6 +58,9 @@ AddressOpt = Annotated[str | None, typer.Option(
 WorkersOpt = Annotated[int | None, typer.Option(
     help="CPUs of the private Ray started for the run (default: all); each task gets one thread.")]
 
+ReportFormat = enum.StrEnum("ReportFormat", {"html": "html", "latex": "latex"})  # type: ignore[misc]
+HTML = ReportFormat("html")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -303,20 +306,26 @@ def report(
     backend: BackendOpt = None,
     home: HomeOpt = None,
     data_root: DataRootOpt = None,
+    format: Annotated[ReportFormat, typer.Option(
+        "--format", help="html: report.md and a self-contained report.html; latex: report.tex (booktabs "
+                         "tables, compiles with pdflatex).")] = HTML,
 ) -> None:
-    """Build tables, plots, Markdown and HTML from stored results (re-runs nothing)."""
+    """Build tables, plots, the report, model cards (JSON) and reports/index.html from stored
+    results (re-runs nothing)."""
     from robustbench_sparse import harness
     from robustbench_sparse.report import build_report
 
     the_plan = harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), "cpu",
                             _backend(backend), home, data_root, False)
     _print_notes(the_plan.setup.notes)
-    result = build_report(the_plan)
+    result = build_report(the_plan, formats=("latex",) if format.value == "latex" else ("markdown", "html"))
     if result.missing:
         typer.secho(f"{result.missing} declared cells have no stored result; run `rbs evaluate` and "
                     f"`rbs transfer` for suite {suite!r} to fill them", fg=typer.colors.YELLOW)
-    typer.echo(f"report: {result.markdown}\n        {result.html}\nfigures: {len(result.figures)} files in "
-               f"{result.folder / 'figures'}")
+    written = [result.latex] if result.latex else [result.markdown, result.html]
+    cards = the_plan.paths.reports(dataset.value) / "cards"
+    typer.echo(f"report: {chr(10).join(f'        {p}' for p in written).strip()}\nfigures: {len(result.figures)} "
+               f"files in {result.folder / 'figures'}\ncards: {cards}\nindex: {the_plan.paths.home / 'reports' / 'index.html'}")
 
 
 def _interruptible(paths: Paths, dataset: str, call: Callable[[Any], Any], executor: Any, address: str | None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +20,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 
 from robustbench_sparse import harness
 from robustbench_sparse.attacks import ATTACKS, early_stops
-from robustbench_sparse.cells import decode_flags, environment
+from robustbench_sparse.cells import decode_flags, encode_flags, environment
+from robustbench_sparse.checkpoints import EXTERNAL
 from robustbench_sparse.diagnostics import masking_checks, most_effective
 from robustbench_sparse.evaluations import kind_of
 from robustbench_sparse.executor import ENSEMBLE
-from robustbench_sparse.runtime import UserError, library_versions
+from robustbench_sparse.runtime import Paths, UserError, atomic_write_text, library_versions
+from robustbench_sparse.stats import compare_to_reference, reference_model
 from robustbench_sparse.suites import Suite
 from robustbench_sparse.tables import accuracies, seed_stats, summary
 from robustbench_sparse.transfer import transfer_cells, transfer_matrix
@@ -48,6 +52,7 @@ class Report:
     html: Path
     figures: list[Path]
     missing: int
+    latex: Path | None = None
 
 
 def palette(models: list[str]) -> dict[str, tuple[float, float, float]]:
@@ -84,8 +89,8 @@ def worst_case_per_seed(records: pd.DataFrame) -> pd.DataFrame:
         n = int(group["n"].iloc[0])
         survives = np.logical_and.reduce([decode_flags(f, n) for f in group["flags"]])
         rows.append({"model": model, "seed": seed, "strength": eps, "accuracy": float(survives.mean()),
-                     "attacks": len(group)})
-    return pd.DataFrame(rows, columns=["model", "seed", "strength", "accuracy", "attacks"])
+                     "attacks": len(group), "n": n, "flags": encode_flags(torch.from_numpy(survives))})
+    return pd.DataFrame(rows, columns=["model", "seed", "strength", "accuracy", "attacks", "n", "flags"])
 
 
 def worst_case(records: pd.DataFrame) -> pd.DataFrame:
@@ -233,6 +238,7 @@ def attack_mode(suite: Suite) -> str:
 def _header(plan: harness.Plan) -> list[tuple[str, str]]:
     versions = library_versions()
     hashes = ", ".join(f"{m} (seed {s}): `{h[:12]}`" for (m, s), h in plan.checkpoints.items())
+    brought = [s for s in plan.specs if s.family == EXTERNAL]
     return [
         ("dataset", f"{plan.info.name} ({plan.info.description})"),
         ("split", plan.data.split),
@@ -247,12 +253,103 @@ def _header(plan: harness.Plan) -> list[tuple[str, str]]:
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
         ("perturbation code (SHA-256)", f"`{environment()['code']}`"),
         ("checkpoints (SHA-256)", hashes),
+        *([("models brought as objects", "; ".join(f"{s.name}: {s.description}" for s in brought))] if brought else []),
         *([("notes", "; ".join(plan.setup.notes))] if plan.setup.notes else []),
     ]
 
 
-def build_report(plan: harness.Plan) -> Report:
-    """Write report.md, report.html, tables/*.csv and figures/* under reports/<dataset>/<suite>/."""
+SYMBOLS = {"eps": "ε", "eta": "η", "sigma": "σ", "size": "size "}
+WORST = "worst case over attacks"
+
+
+def _at(param: str, strength: float) -> str:
+    symbol = SYMBOLS.get(param, f"{param} ")
+    return f"{symbol}={strength:g}" if symbol.strip() == symbol else f"{symbol}{strength:g}"
+
+
+def comparisons(white: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
+    """Every model against the reference (`dense`) at every accuracy cell with strength > 0 (and
+    clean), and under the worst case over attacks at each eps: `stats.compare_to_reference`,
+    Holm-corrected over the whole table."""
+    own = accuracies(white[white["source"] == white["model"]])
+    own = own[(own["strength"] > 0) | (own["kind"] == "clean")]
+    worst = worst_case_per_seed(everything).assign(evaluation=WORST, kind="worst", param="eps")
+    frame = pd.concat([own, worst], ignore_index=True) if not worst.empty else own
+    table = compare_to_reference(frame[["evaluation", "strength", "model", "seed", "accuracy", "n", "flags"]])
+    params = dict(zip(frame["evaluation"], frame["param"], strict=False))
+    table.insert(2, "param", [params.get(e, "") for e in table["evaluation"]])
+    return table
+
+
+def answer(tests: pd.DataFrame, models: list[str], n: int) -> list[str]:
+    """Two or three sentences: which models differ significantly from the reference, under what
+    (the strength of the largest significant difference), and how that was tested."""
+    if tests.empty:
+        return [f"Only {models[0] if models else 'no model'} was evaluated: there is nothing to compare."]
+    ref = str(tests["reference"].iloc[0])
+    sig = tests[tests["significant"]]
+
+    def listing(part: pd.DataFrame) -> str:
+        per_model = []
+        for model, rows in part.groupby("model", sort=False):
+            items = []
+            for evaluation, cell in rows.groupby("evaluation", sort=False):
+                top = cell.loc[cell["difference"].abs().idxmax()]
+                where = "" if evaluation == "clean" else f" at {_at(str(top['param']), float(top['strength']))}"
+                more = f", {len(cell)} strengths" if len(cell) > 1 else ""
+                items.append(f"{evaluation}{where} ({top['difference']:+.1f} points{more})")
+            per_model.append(f"{model} under {', '.join(items)}")
+        return "; ".join(per_model)
+
+    better, worse = sig[sig["difference"] > 0], sig[sig["difference"] < 0]
+    sentences = [
+        f"More robust than {ref}, significantly: {listing(better)}." if not better.empty
+        else f"No model is significantly more robust than {ref} under any evaluation.",
+        f"Less robust than {ref}, significantly: {listing(worse)}." if not worse.empty
+        else f"No model is significantly less robust than {ref} under any evaluation.",
+    ]
+    quiet = [m for m in models if m != ref and m not in set(sig["model"])]
+    tests_used = sorted(set(tests["test"]))
+    how = {"McNemar exact": f"McNemar's exact test on the same {n} test images",
+           "Welch t": "Welch's t-test over training seeds"}
+    tail = (f"Tests: {' and '.join(how.get(t, t) for t in tests_used)}, Holm-corrected over {len(tests)} "
+            f"comparisons (every evaluation at every strength, and the {WORST} at each ε), α = 0.05; "
+            "differences are in accuracy points.")
+    sentences.append((f"Not significantly different from {ref} anywhere: {', '.join(quiet)}. " if quiet else "")
+                     + tail)
+    return sentences
+
+
+def _marked(table: pd.DataFrame, tests: pd.DataFrame, key: str) -> pd.DataFrame:
+    """`table` with " *" after every number significantly different from the reference's.
+    key "per strength": rows (evaluation, strength), columns models; "worst": rows models, columns ε=…"""
+    sig = tests[tests["significant"]]
+    out = table.copy().astype(object)
+    for row in sig.itertuples(index=False):
+        if key == "per strength":
+            hit = (out["evaluation"] == row.evaluation) & (out["strength"] == row.strength)
+            column = row.model
+        else:
+            if row.evaluation != WORST:
+                continue
+            hit = out["model"] == row.model
+            column = f"ε={row.strength:g}"
+        if column in out.columns and hit.any():
+            out.loc[hit, column] = [f"{v} *" for v in out.loc[hit, column]]
+    return out
+
+
+MARK_NOTE = " A * marks a number significantly different from {ref}'s (Holm-corrected, α = 0.05; see the last table)."
+
+
+def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "html")) -> Report:
+    """Write the report under reports/<dataset>/<run>/ (report.md and report.html, or report.tex
+    with `formats=("latex",)`), tables/*.csv, figures/*, each model's card under
+    reports/<dataset>/cards/, and reports/index.html."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise UserError(f"unknown report format(s) {', '.join(sorted(unknown)) or '(none given)'}; "
+                        f"valid: {', '.join(FORMATS)}")
     store = harness.open_store(plan.paths, plan.info.name)
     cells = plan.cells()
     has_transfer = bool(plan.suite.transfer_cells())
@@ -271,16 +368,20 @@ def build_report(plan: harness.Plan) -> Report:
     colours = palette(models)
 
     everything = pd.concat([white, moves[moves["source"] != moves["model"]]], ignore_index=True) if not moves.empty else white
+    tests = comparisons(white, everything)
+    ref = reference_model(list(dict.fromkeys(white["model"])))
+    marks = MARK_NOTE.format(ref=ref) if not tests.empty else ""
+    overview = summary(everything, plan.info.num_classes)
+    strengths = per_strength(white).reset_index()
+    worst = worst_case(everything).reset_index()
     sections: list[tuple[str, str, pd.DataFrame]] = [
         ("Overview", "Clean accuracy, each evaluation at its strongest setting, the paper's pixel-noise "
-         f"score, and the status of the six gradient-masking checks (accuracy %{SEEDS_NOTE}).",
-         summary(everything, plan.info.num_classes)),
+         f"score, and the status of the six gradient-masking checks (accuracy %{SEEDS_NOTE}).", overview),
         ("Mean robust accuracy over the ε sweep", "Mean accuracy (%) over each attack's ε > 0.",
          sweep_means(white).reset_index()),
         ("Worst case over attacks", "Per model and ε, the share of test images that survive every attack "
-         "run against that model (white-box and transfer), judged per image.", worst_case(everything).reset_index()),
-        ("Accuracy per evaluation and strength", f"Accuracy (%{SEEDS_NOTE}).",
-         per_strength(white).reset_index()),
+         "run against that model (white-box and transfer), judged per image." + marks, worst),
+        ("Accuracy per evaluation and strength", f"Accuracy (%{SEEDS_NOTE})." + marks, strengths),
     ]
     ranking, changes = rank_table(everything)
     if not ranking.empty:
@@ -313,20 +414,71 @@ def build_report(plan: harness.Plan) -> Report:
                                  f"result; `{ENSEMBLE}` attacks the mean logits of "
                                  f"{', '.join(plan.suite.transfer.ensemble) or 'no models'}.",
                                  matrix.reset_index()))
+    if not tests.empty:
+        shown = tests.drop(columns=["reference", "param"]).assign(
+            difference=tests["difference"].round(2), p=tests["p"].map(_p), **{"p (Holm)": tests["p (Holm)"].map(_p)})
+        sections.append((f"Differences from {ref}", f"Every comparison behind the * marks and the opening "
+                         f"sentences: accuracy of each model minus {ref}'s (points), the test, its p-value and "
+                         "the Holm-corrected p over this table.", shown))
     for title, _, table in sections:
-        if not table.empty:
-            table.to_csv(tables_dir / f"{_slug(title)}.csv", index=False)
+        if not table.empty:  # the comparisons with their unrounded p-values
+            (tests if title.startswith("Differences from") else table).to_csv(
+                tables_dir / f"{_slug(title)}.csv", index=False)
+    # the presentation tables carry the significance marks (the CSV files keep plain numbers)
+    sections = [(t, x, _marked(tb, tests, "worst") if tb is worst else
+                 _marked(tb, tests, "per strength") if tb is strengths else tb) for t, x, tb in sections]
 
     figures = plot_sweeps(white, colours, figures_dir)
     if not moves.empty:
         figures += plot_transfer(moves, figures_dir)
-    header = _header(plan)
-    title = f"robustbench-sparse: {plan.info.name}, suite {plan.setup.run_name}"
-    markdown = folder / "report.md"
-    markdown.write_text(_markdown(title, header, sections, figures, folder, missing))
-    page = folder / "report.html"
-    page.write_text(_html(title, header, sections, figures, missing))
-    return Report(folder, markdown, page, figures, missing)
+    page = Page(f"robustbench-sparse: {plan.info.name}, suite {plan.setup.run_name}",
+                answer(tests, models, plan.n), _header(plan), sections, figures, missing)
+    written: dict[str, Path] = {}
+    if "markdown" in formats:
+        written["markdown"] = folder / "report.md"
+        written["markdown"].write_text(_markdown(page, folder))
+    if "html" in formats:
+        written["html"] = folder / "report.html"
+        written["html"].write_text(_html(page))
+    if "latex" in formats:
+        written["latex"] = folder / "report.tex"
+        written["latex"].write_text(_latex(page, folder))
+    write_cards(plan, white, everything, checks, tests)
+    build_index(plan.paths)
+    return Report(folder, written.get("markdown", folder / "report.md"), written.get("html", folder / "report.html"),
+                  figures, missing, written.get("latex"))
+
+
+FORMATS = ("markdown", "html", "latex")
+
+
+def _p(p: float) -> str:
+    return "" if pd.isna(p) else ("< 0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One report's content in reading order: the answer, the key plot, the tables, the other
+    plots, the provenance."""
+
+    title: str
+    answer: list[str]
+    header: list[tuple[str, str]]
+    sections: list[tuple[str, str, pd.DataFrame]]
+    figures: list[Path]
+    missing: int
+
+    @property
+    def pngs(self) -> list[Path]:
+        return [f for f in self.figures if f.suffix == ".png"]
+
+    @property
+    def key_plot(self) -> Path | None:
+        return next((f for f in self.pngs if f.stem == "accuracy_vs_strength"), None)
+
+    @property
+    def other_plots(self) -> list[Path]:
+        return [f for f in self.pngs if f != self.key_plot]
 
 
 def _slug(text: str) -> str:
@@ -343,51 +495,227 @@ def _missing_note(missing: int) -> str:
             "their entries are blank.\n\n" if missing else "")
 
 
-def _markdown(title: str, header: list[tuple[str, str]], sections: list[tuple[str, str, pd.DataFrame]],
-              figures: list[Path], folder: Path, missing: int) -> str:
-    lines = [f"# {title}", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in header]
-    lines += ["", _missing_note(missing)]
-    for heading, text, table in sections:
+def _markdown(page: Page, folder: Path) -> str:
+    lines = [f"# {page.title}", "", " ".join(page.answer), "", _missing_note(page.missing)]
+    if page.key_plot:
+        lines += [f"![{page.key_plot.stem}]({page.key_plot.relative_to(folder).as_posix()})", ""]
+    for heading, text, table in page.sections:
         lines += [f"## {heading}", "", text, ""]
         if not table.empty:
             lines += [table.to_markdown(index=False), ""]
-    lines += ["## Plots", ""]
-    for path in figures:
-        if path.suffix == ".png":
-            lines += [f"![{path.stem}]({path.relative_to(folder).as_posix()})", ""]
-    return "\n".join(lines)
+    if page.other_plots:
+        lines += ["## More plots", ""]
+        lines += [f"![{p.stem}]({p.relative_to(folder).as_posix()})\n" for p in page.other_plots]
+    lines += ["## Provenance", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in page.header]
+    return "\n".join(lines) + "\n"
 
 
-def _html(title: str, header: list[tuple[str, str]], sections: list[tuple[str, str, pd.DataFrame]],
-          figures: list[Path], missing: int) -> str:
-    """One self-contained page: plots embedded as data URIs, no external resources."""
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;line-height:1.45}"
+       ".scroll{overflow-x:auto;max-width:100%;margin:.5em 0 1.5em}"
+       "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
+       "th{background:#eee}img{max-width:100%;display:block;margin:1em 0}"
+       ".answer{font-size:1.1em;background:#f4f8ff;border-left:4px solid #36c;padding:.6em 1em}"
+       ".meta td{text-align:left;overflow-wrap:anywhere}.meta th{text-align:left;white-space:nowrap}")
+
+
+def _img(path: Path, cls: str = "plot") -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img class='{cls}' alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"
+
+
+def _html(page: Page) -> str:
+    """One self-contained page, read top-down: the answer, the key plot, the tables (each in its
+    own horizontally scrolling box, so the page never scrolls sideways), the other plots, then the
+    provenance. Plots are embedded as data URIs; no external resources."""
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:.25em .6em;"
-        "text-align:right}th{background:#eee}img{max-width:100%;display:block;margin:1em 0}"
-        ".meta td{text-align:left}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><table class='meta'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{html.escape(page.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(page.title)}</h1>",
+        "<div class='answer'>" + "".join(f"<p>{html.escape(s)}</p>" for s in page.answer) + "</div>",
     ]
-    parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v.replace('`', ''))}</td></tr>" for k, v in header]
-    parts.append("</table>")
-    if missing:
-        parts.append(f"<p><strong>{missing} declared cells have no stored result yet.</strong></p>")
-    for heading, text, table in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>")
+    if page.missing:
+        parts.append(f"<p><strong>{page.missing} declared cells have no stored result yet.</strong></p>")
+    if page.key_plot:
+        parts.append(_img(page.key_plot))
+    for heading, text, table in page.sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(text.replace('**', ''))}</p>")
         if not table.empty:
-            parts.append(table.to_html(index=False, classes="results", na_rep="", border=0))
-    parts.append("<h2>Plots</h2>")
-    for path in figures:
-        if path.suffix == ".png":
-            data = base64.b64encode(path.read_bytes()).decode()
-            parts.append(f"<img class='plot' alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>")
-    # Lets a headless browser (and the tests) confirm that every plot decoded and rendered.
-    parts.append("<script>window.addEventListener('load',()=>{const i=[...document.images];"
-                 "document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
-                 "document.body.dataset.images=i.length;document.body.dataset.tables="
-                 "document.querySelectorAll('table.results').length;});</script>")
+            parts.append("<div class='scroll'>" + table.to_html(index=False, classes="results", na_rep="", border=0)
+                         + "</div>")
+    if page.other_plots:
+        parts.append("<h2>More plots</h2>")
+        parts += [_img(p) for p in page.other_plots]
+    parts.append("<h2>Provenance</h2><div class='scroll'><table class='meta'>")
+    parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v.replace('`', ''))}</td></tr>" for k, v in page.header]
+    parts.append("</table></div>")
+    # Lets a headless browser (and the tests) confirm that every plot rendered and that the page
+    # does not scroll sideways at the window's width.
+    parts.append("<script>window.addEventListener('load',()=>{const i=[...document.images];const d=document.body.dataset;"
+                 "d.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length;d.images=i.length;"
+                 "d.tables=document.querySelectorAll('table.results').length;"
+                 "d.pageWidth=document.documentElement.scrollWidth;d.viewWidth=window.innerWidth;});</script>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# pdflatex reads these through math mode or textcomp; everything else is escaped by pandas.
+LATEX_CHARS = {"±": r"$\pm$", "ε": r"$\varepsilon$", "η": r"$\eta$", "σ": r"$\sigma$", "≤": r"$\leq$",
+               "≥": r"$\geq$", "×": r"$\times$", "→": r"$\rightarrow$", "∞": r"$\infty$", "α": r"$\alpha$",
+               "−": "-", "’": "'", "“": "``", "”": "''", "…": r"\ldots{}", "β": r"$\beta$"}
+
+
+def _tex(text: str) -> str:
+    """Plain text for LaTeX: special characters escaped, the report's Greek and symbols mapped."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    out = "".join(special.get(c, c) for c in text.replace("**", "").replace("`", ""))
+    return _tex_symbols(out)
+
+
+def _tex_symbols(text: str) -> str:
+    for char, tex in LATEX_CHARS.items():
+        text = text.replace(char, tex)
+    return "".join(c if ord(c) < 128 else "?" for c in text)
+
+
+def latex_table(table: pd.DataFrame) -> str:
+    """A booktabs table from pandas' Styler (escaped for LaTeX), ± and * marks kept, squeezed to the
+    text width when it has many columns."""
+    frame = table.copy()
+    frame.columns = [str(c) for c in frame.columns]
+    styler = frame.style.hide(axis="index").format(escape="latex", na_rep="", precision=2)
+    styler = styler.format_index(escape="latex", axis=1)
+    body = _tex_symbols(styler.to_latex(hrules=True, column_format="l" + "r" * (len(frame.columns) - 1)))
+    if len(frame.columns) > 6:
+        body = "\\resizebox{\\linewidth}{!}{%\n" + body + "}"
+    return "\\begin{center}\n" + body + "\\end{center}\n"
+
+
+def _latex(page: Page, folder: Path) -> str:
+    """A standalone LaTeX document (pdflatex with booktabs and graphicx): the same order as the
+    HTML page; tables paste into a paper as they are."""
+    lines = [r"\documentclass[10pt]{article}", r"\usepackage[utf8]{inputenc}", r"\usepackage[T1]{fontenc}",
+             r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\usepackage[margin=2cm]{geometry}",
+             r"\begin{document}", f"\\section*{{{_tex(page.title)}}}", _tex(" ".join(page.answer)), ""]
+    if page.missing:
+        lines += [f"\\textbf{{{page.missing} declared cells have no stored result yet.}}", ""]
+
+    def figure(path: Path) -> list[str]:
+        return [r"\begin{center}", f"\\includegraphics[width=\\linewidth]{{{path.relative_to(folder).as_posix()}}}",
+                r"\end{center}"]
+
+    if page.key_plot:
+        lines += figure(page.key_plot)
+    for heading, text, table in page.sections:
+        lines += [f"\\subsection*{{{_tex(heading)}}}", _tex(text), ""]
+        if not table.empty:
+            lines.append(latex_table(table))
+    for plot in page.other_plots:
+        lines += figure(plot)
+    lines += [r"\subsection*{Provenance}", r"\begin{itemize}"]
+    lines += [f"\\item \\textbf{{{_tex(k)}}}: {_tex(v)}" for k, v in page.header]
+    lines += [r"\end{itemize}", r"\end{document}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- model cards and the index ---------------------------------------------------------------------
+
+CARD_SCHEMA = Path(__file__).parent / "schemas" / "card.schema.json"
+CARD_FORMAT = "robustbench-sparse model card 1"
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float | None]:
+    mean = float(values.mean())
+    return round(mean, 2), (round(float(values.std(ddof=1)), 2) if len(values) > 1 else None)
+
+
+def card_entry(plan: harness.Plan, model: str, white: pd.DataFrame, everything: pd.DataFrame,
+               checks: pd.DataFrame, tests: pd.DataFrame) -> dict[str, object]:
+    """One run's numbers for one model, in RobustBench's model-info spirit."""
+    own = white[(white["model"] == model) & (white["source"] == model)]
+    clean = own[own["kind"] == "clean"].groupby("seed")["accuracy"].mean() * 100
+    worst = worst_case_per_seed(everything[everything["model"] == model])
+    best = most_effective(everything[everything["model"] == model])
+    robust = []
+    for eps, rows in worst.groupby("strength"):
+        mean, std = _mean_std(rows["accuracy"] * 100)
+        strongest = best[best["strength"] == eps]["strongest single attack"]
+        robust.append({"eps": float(eps), "accuracy": mean, "std": std, "attacks": int(rows["attacks"].max()),
+                       "strongest_single_attack": ", ".join(dict.fromkeys(strongest)) or None})
+    pixel = own[own["kind"] == "pixel"]
+    noise = pixel.groupby("seed")["correct"].sum() if not pixel.empty else pd.Series(dtype=float)
+    mine = tests[tests["model"] == model]
+    clean_mean, clean_std = _mean_std(clean) if not clean.empty else (None, None)
+    return {
+        "run": plan.setup.run_name,
+        "suite_file": plan.suite.source,
+        "test_size": plan.n,
+        "test_fingerprint": plan.fingerprint,
+        "seeds": [s for s in plan.seeds if plan.has(model, s)],
+        "checkpoints": {f"seed{s}": h for (m, s), h in plan.checkpoints.items() if m == model},
+        "clean_accuracy": clean_mean,
+        "clean_accuracy_std": clean_std,
+        "robust_accuracy": robust,
+        "noise_score": float(noise.mean()) if not noise.empty else None,
+        "corruption_error": None,
+        "masking_checks": {c: ("fired" if "fired" in set(st) else "passed" if "passed" in set(st) else "not run")
+                           for c, st in checks[checks["model"] == model].groupby("check", sort=False)["status"]},
+        "significant_differences": [
+            {"evaluation": r["evaluation"], "strength": float(r["strength"]), "difference": round(float(r["difference"]), 2),
+             "p_holm": float(r["p (Holm)"]), "test": r["test"]} for r in mine[mine["significant"]].to_dict("records")],
+        "versions": library_versions(),
+        "code": environment()["code"],
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_cards(plan: harness.Plan, white: pd.DataFrame, everything: pd.DataFrame, checks: pd.DataFrame,
+                tests: pd.DataFrame) -> list[Path]:
+    """reports/<dataset>/cards/<model>.json: per model, one entry per run (suite) reported, merged
+    with the entries other runs wrote before."""
+    folder = plan.paths.reports(plan.info.name) / "cards"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for spec in plan.specs:
+        if spec.name not in set(white["model"]):
+            continue
+        path = folder / f"{spec.name}.json"
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        if doc.get("format") != CARD_FORMAT:
+            doc = {}
+        runs = doc.get("runs", {})
+        runs[plan.setup.run_name] = card_entry(plan, spec.name, white, everything, checks, tests)
+        architecture = ({"family": EXTERNAL, "class": spec.description} if spec.family == EXTERNAL
+                        else {k: (v if isinstance(v, int | float | str | bool) else str(v))
+                              for k, v in spec.summary().items() if k != "model"})
+        doc = {"format": CARD_FORMAT, "name": spec.name, "dataset": plan.info.name,
+               "description": spec.description, "architecture": architecture, "runs": dict(sorted(runs.items()))}
+        atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths
+
+
+def build_index(paths: Paths) -> Path:
+    """reports/index.html: every dataset and run present, each with its overview table and a link."""
+    root = paths.home / "reports"
+    runs = sorted(p.parent.parent for p in root.glob("*/*/tables/overview.csv") if (p.parent.parent / "report.html").exists())
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<title>robustbench-sparse reports</title><style>{CSS}</style></head><body>",
+             "<h1>robustbench-sparse reports</h1>",
+             "<p>Every dataset and suite with a report here, each with its overview table (accuracy % at each "
+             "evaluation's strongest setting, the noise score and the masking checks). Model cards (JSON) are "
+             "in each dataset's <code>cards/</code> folder.</p>"]
+    for dataset in dict.fromkeys(r.parent.name for r in runs):
+        parts.append(f"<h2>{html.escape(dataset)}</h2>")
+        for run in (r for r in runs if r.parent.name == dataset):
+            table = pd.read_csv(run / "tables" / "overview.csv")
+            link = f"{dataset}/{run.name}/report.html"
+            parts.append(f"<h3><a href='{html.escape(link)}'>{html.escape(run.name)}</a></h3>")
+            parts.append("<div class='scroll'>" + table.to_html(index=False, na_rep="", border=0) + "</div>")
+    parts.append("</body></html>")
+    index = root / "index.html"
+    atomic_write_text(index, "\n".join(parts) + "\n")
+    return index

@@ -287,3 +287,25 @@ def test_a_layer_can_opt_in_by_declaring_itself():
             return x * (x > x.median(dim=1, keepdim=True).values)
 
     assert looks_like_kwinners(Declared()) and not looks_like_kwinners(nn.ReLU())
+
+
+def test_the_readme_example_runs_as_written(trained_home, tmp_path, monkeypatch, capsys):
+    """The README's "Benchmark your own model" example, executed verbatim on the tiny trained zoo."""
+    import re
+
+    from robustbench_sparse.runtime import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Benchmark your own model"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 10 <= len(code.strip().splitlines()) <= 15
+    root = tmp_path / "home"
+    shutil.copytree(trained_home.home, root)
+    monkeypatch.setenv("RBS_HOME", str(root))
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the point is to run the README's code
+    printed = capsys.readouterr().out.strip()
+    assert printed.endswith("reports/mnist5k/quick+my-mlp/report.html")
+    overview = pd.read_csv(root / "reports" / "mnist5k" / "quick+my-mlp" / "tables" / "overview.csv")
+    assert list(overview["model"]) == ["dense", "kwinner-boost", "my-mlp"]
+    mlp = overview.set_index("model").loc["my-mlp"]
+    assert mlp["clean %"] > 80

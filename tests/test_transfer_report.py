@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 
 from robustbench_sparse import executor, harness
@@ -161,8 +162,8 @@ def test_html_report_renders_in_headless_chromium(home, tmp_path):
     result = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
-         report.html.as_uri()],
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--window-size=1280,900",
+         "--dump-dom", report.html.as_uri()],
         capture_output=True, text=True, timeout=120,
     )
     body = re.search(r"<body([^>]*)>", result.stdout)
@@ -171,6 +172,77 @@ def test_html_report_renders_in_headless_chromium(home, tmp_path):
     pngs = sum(p.suffix == ".png" for p in report.figures)
     assert int(attrs["images"]) == pngs and int(attrs["images-loaded"]) == pngs
     assert int(attrs["tables"]) >= 6
+    # a 1280 px window: the page itself never scrolls sideways (wide tables scroll in their own box)
+    assert int(attrs["view-width"]) == 1280
+    assert int(attrs["page-width"]) <= int(attrs["view-width"]), attrs
+    # read top-down: the answer first, the key plot next, the provenance last
+    text = report.html.read_text()
+    assert text.index("class='answer'") < text.index("alt='accuracy_vs_strength'") < text.index("<h2>Overview")
+    assert text.index("<h2>Overview") < text.index("<h2>Provenance")
+
+
+def test_report_opens_with_the_answer_and_marks_significant_differences(home):
+    plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
+    harness.run(plan)
+    report = build_report(plan)
+    text = report.markdown.read_text()
+    first = text.split("\n\n")[1]
+    assert "than dense" in first and "Holm-corrected" in first
+    diffs = pd.read_csv(report.folder / "tables" / "differences_from_dense.csv")
+    assert set(diffs["reference"]) == {"dense"} and "dense" not in set(diffs["model"])
+    assert (diffs["p (Holm)"] >= diffs["p"] - 1e-12).all()  # Holm never lowers a p-value
+    assert (diffs["significant"] == (diffs["p (Holm)"] < 0.05)).all()
+    for row in diffs[diffs["significant"]].itertuples():
+        assert row.model in first  # every significant difference is named up front
+    assert text.index("## Provenance") > text.index("## Overview")
+
+
+def test_cards_validate_against_the_schema_and_the_index_lists_every_run(home):
+    import json
+
+    import jsonschema
+
+    from robustbench_sparse.report import CARD_SCHEMA
+
+    for suite in ("moves", "moves-ens"):
+        plan = harness.plan("mnist5k", suite, ["dense", "dropout", "kwinner"], device="cpu", home=home.home)
+        harness.run(plan)
+        build_report(plan)
+    schema = json.loads(CARD_SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    cards = sorted((home.reports("mnist5k") / "cards").glob("*.json"))
+    assert {"dense", "dropout", "kwinner"} <= {c.stem for c in cards}
+    for card in (c for c in cards if c.stem in ("dense", "dropout", "kwinner")):
+        doc = json.loads(card.read_text())
+        jsonschema.validate(doc, schema)
+        assert {"moves", "moves-ens"} <= set(doc["runs"])  # both runs kept in one card
+        run = doc["runs"]["moves"]
+        assert run["checkpoints"]["seed0"] == plan.checkpoints[(card.stem, 0)]
+        assert all(r["accuracy"] <= run["clean_accuracy"] + 1e-9 for r in run["robust_accuracy"])
+    bad = json.loads(cards[0].read_text())
+    bad["runs"]["moves"]["clean_accuracy"] = 140
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    index = (home.home / "reports" / "index.html").read_text()
+    assert "mnist5k/moves/report.html" in index and "mnist5k/moves-ens/report.html" in index
+
+
+PDFLATEX = shutil.which("pdflatex")
+
+
+@pytest.mark.skipif(not PDFLATEX, reason="pdflatex not installed (apt-get install texlive-latex-base "
+                    "texlive-latex-recommended)")
+def test_latex_report_compiles_with_pdflatex(home):
+    plan = harness.plan("mnist5k", "moves-ens", device="cpu", home=home.home)
+    harness.run(plan)
+    run_transfer(plan)
+    report = build_report(plan, formats=("latex",))
+    tex = report.latex.read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex  # booktabs
+    result = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", report.latex.name],
+                            cwd=report.folder, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (report.folder / "report.pdf").stat().st_size > 10_000
 
 
 def test_rank_changes_name_real_reorderings_not_ties():

@@ -1,0 +1,82 @@
+"""Whether a difference between two models is real: tests against a reference model (`dense`).
+
+For each model and each (evaluation, strength) the accuracy difference from the reference is tested
+- across training seeds, when both models have at least two: Welch's t over the per-seed accuracies
+  (`scipy.stats.ttest_ind(equal_var=False)`);
+- otherwise within the seed, paired over the same test images: McNemar's exact test on the
+  per-image correctness (`statsmodels`' `mcnemar`), the images of every common seed pooled.
+The p-values of one table are corrected together with Holm's method (`statsmodels`'
+`multipletests`), and a difference is significant when the corrected p is below 0.05.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from robustbench_sparse.cells import decode_flags
+
+ALPHA = 0.05
+COLUMNS = ["evaluation", "strength", "model", "reference", "difference", "test", "p", "p (Holm)", "significant"]
+
+
+def reference_model(models: list[str]) -> str:
+    """The model every other is compared with: `dense` where present, else the first."""
+    return "dense" if "dense" in models else models[0]
+
+
+def _flags(rows: pd.DataFrame) -> dict[int, np.ndarray]:
+    return {int(r.seed): decode_flags(r.flags, int(r.n)) for r in rows.itertuples(index=False)}
+
+
+def _test(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, str, float]:
+    """(difference in points, test name, p) of `mine` against `ref`: rows of one cell per seed."""
+    a = mine.groupby("seed")["accuracy"].mean() * 100
+    b = ref.groupby("seed")["accuracy"].mean() * 100
+    difference = float(a.mean() - b.mean())
+    if len(a) >= 2 and len(b) >= 2:
+        if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
+            return difference, "Welch t", 1.0 if difference == 0 else 0.0
+        return difference, "Welch t", float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    fa, fb = _flags(mine), _flags(ref)
+    common = sorted(set(fa) & set(fb))
+    if not common:
+        return difference, "none (no common seed)", float("nan")
+    x = np.concatenate([fa[s] for s in common])
+    y = np.concatenate([fb[s] for s in common])
+    table = [[int((x & y).sum()), int((x & ~y).sum())], [int((~x & y).sum()), int((~x & ~y).sum())]]
+    if table[0][1] + table[1][0] == 0:
+        return difference, "McNemar exact", 1.0
+    return difference, "McNemar exact", float(mcnemar(table, exact=True).pvalue)
+
+
+def compare_to_reference(records: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """One row per (evaluation, strength, model other than the reference): the difference in
+    accuracy points, the test, its p and Holm-corrected p over all rows, and whether it is
+    significant at 0.05. `records`: accuracy records with per-image `flags` (one per model,
+    evaluation, strength and seed)."""
+    if records.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    models = list(dict.fromkeys(records["model"]))
+    ref = reference or reference_model(models)
+    rows = []
+    for (evaluation, strength), group in records.groupby(["evaluation", "strength"], sort=False):
+        base = group[group["model"] == ref]
+        if base.empty:
+            continue
+        for model in dict.fromkeys(group["model"]):
+            if model == ref:
+                continue
+            difference, test, p = _test(group[group["model"] == model], base)
+            rows.append({"evaluation": evaluation, "strength": strength, "model": model, "reference": ref,
+                         "difference": difference, "test": test, "p": p})
+    frame = pd.DataFrame(rows, columns=COLUMNS[:-2])
+    frame["p (Holm)"] = np.nan
+    tested = frame["p"].notna()
+    if tested.any():
+        frame.loc[tested, "p (Holm)"] = multipletests(frame.loc[tested, "p"], method="holm")[1]
+    frame["significant"] = frame["p (Holm)"] < ALPHA
+    return frame
