@@ -11,6 +11,9 @@ Adaptive options against gradient masking (REFERENCE.md section 7):
   while their forward values stay exactly the same (`bpda_backward`);
 - `restarts`: PGD re-run with derived seeds, keeping per sample the first example that fools;
 - `square`: a random search that needs no gradients at all;
+- `apgd` and `autoattack`: torchattacks' APGD (cross-entropy or the DLR loss) and the standard
+  AutoAttack (APGD-CE, APGD-T, FAB-T, Square, each later attack only on the images still robust),
+  with the original's 100 iterations and 5,000 queries, and a seed per cell (never the clock);
 - `gradient_health`: the fraction of inputs whose input gradient is zero or not finite.
 
 Per-image early stopping (`early_stop`, I-FGSM, MI-FGSM and PGD with the torchattacks backend): an
@@ -38,12 +41,13 @@ from torch import nn
 from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed
 
 BACKENDS = ("torchattacks", "foolbox")
-ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd", "square")
-GRADIENT_ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd")  # the kinds that take `bpda`
+ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd", "square", "apgd", "autoattack")
+GRADIENT_ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd", "apgd", "autoattack")  # the kinds that take `bpda`
 ITERATIVE_ATTACKS = ("ifgsm", "mifgsm", "pgd")  # the kinds that take `early_stop`
 FOOLBOX_ATTACKS = ("fgsm", "ifgsm", "pgd")  # foolbox 3 has no MI-FGSM (nor Square)
 BPDA_MODES = ("none", "relu", "identity")  # "none": the true (mask) gradient of k-winners
 PGD_LOSSES = ("ce", "margin")
+APGD_LOSSES = ("ce", "dlr")
 BOUND_TOLERANCE = 1e-6
 
 
@@ -135,8 +139,8 @@ def batch_dependent(kind: str, params: dict[str, Any]) -> bool:
     where the library draws one batch-wide random tensor (torchattacks' and foolbox's PGD random
     start, Square's random search, restarts run on the batch's survivors). Our own margin PGD
     draws its start per image, and FGSM / I-FGSM / MI-FGSM are deterministic."""
-    if kind == "square":
-        return True
+    if kind in ("square", "apgd", "autoattack"):
+        return True  # one batch-wide random draw (APGD's start, Square's search) from the batch's seed
     if kind != "pgd":
         return False
     if params.get("loss", "ce") == "margin":
@@ -292,6 +296,26 @@ def _torchattacks(model: nn.Module, kind: str, params: dict[str, Any], seed: int
             model, norm="Linf", eps=eps, n_queries=params["n_queries"], n_restarts=1,
             p_init=params["p_init"], loss="margin", seed=seed, verbose=False,
         )
+    if kind == "apgd":
+        return torchattacks.APGD(model, norm="Linf", eps=eps, steps=params["steps"], n_restarts=1, seed=seed,
+                                 loss=params["loss"], rho=0.75, verbose=False)
+    if kind == "autoattack":
+        # torchattacks.AutoAttack(version="standard") builds these four with 10 iterations (the
+        # original uses 100) and seeds from the clock when seed=None: composed here with the
+        # original's settings and the cell's seed. MultiAttack runs each later attack only on the
+        # images every earlier one left correct, so the result is the per-image worst case.
+        n_classes = int(params["n_classes"])
+        steps = params["steps"]
+        return torchattacks.MultiAttack([
+            torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce",
+                              rho=0.75, verbose=False),
+            torchattacks.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, rho=0.75,
+                               verbose=False, n_classes=n_classes),
+            torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed,
+                             multi_targeted=True, n_classes=n_classes, verbose=False),
+            torchattacks.Square(model, norm="Linf", eps=eps, n_queries=params["n_queries"], n_restarts=1,
+                                p_init=0.8, loss="margin", seed=seed, verbose=False),
+        ])
     alpha, steps = step_size(params), params["steps"]
     if kind == "ifgsm":
         return torchattacks.BIM(model, eps=eps, alpha=alpha, steps=steps)
@@ -326,8 +350,9 @@ def _check_combination(kind: str, params: dict[str, Any]) -> str:
     if backend == "foolbox" and kind not in FOOLBOX_ATTACKS:
         raise UserError(f"{kind} has no foolbox version; valid backend: torchattacks")
     loss = params.get("loss", "ce")
-    if loss not in PGD_LOSSES:
-        raise UserError(f"unknown loss {loss!r}; valid: {', '.join(PGD_LOSSES)}")
+    losses = APGD_LOSSES if kind == "apgd" else PGD_LOSSES
+    if loss not in losses:
+        raise UserError(f"unknown loss {loss!r} for {kind}; valid: {', '.join(losses)}")
     if loss == "margin" and backend == "foolbox":
         raise UserError("pgd with loss=margin runs only with backend=torchattacks (foolbox attacks cross-entropy)")
     if backend == "foolbox" and kind in ITERATIVE_ATTACKS and params.get("early_stop") is True:
@@ -352,6 +377,9 @@ def _attack_once(
             start = _random_start(kind, params, x, seed, image_seeds)
             return _iterate(model, kind, params, x, y, start, torch.full((len(x),), float(len(x)), device=x.device),
                             torch.arange(len(x), device=x.device), len(x), stop=False)[0]
+        if kind == "autoattack" and "n_classes" not in params:
+            with torch.no_grad():  # APGD-T and FAB-T target every other class
+                params = {**params, "n_classes": model(x[:1]).shape[1]}
         return _torchattacks(model, kind, params, seed)(x, y)
 
 

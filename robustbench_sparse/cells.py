@@ -48,7 +48,8 @@ COLUMNS = [
 
 # The libraries whose code computes the numbers, and our own modules that do.
 NUMBER_LIBRARIES = ("torch", "torchattacks", "foolbox")
-NUMBER_MODULES = ("noise.py", "attacks.py", "sparse.py", "layers.py", "evaluations.py", "executor.py", "runtime.py")
+NUMBER_MODULES = ("noise.py", "corruptions.py", "attacks.py", "sparse.py", "layers.py", "evaluations.py", "executor.py",
+                  "runtime.py")
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,7 +2,7 @@
 
 Computed from stored records only (white-box records, and transfer records whose target is the
 model), so every report and table can show them. Each flag carries the evidence behind it, in
-words a reader can check against the tables. The six checks (REFERENCE.md section 7):
+words a reader can check against the tables. The checks (REFERENCE.md sections 7 and 11):
 
 1. one-step beats iterative: FGSM below I-FGSM or PGD at the same eps (and accuracy rising with eps);
 2. more effort does not help: PGD with >= 5x the steps x restarts no lower than plain PGD, while
@@ -10,7 +10,13 @@ words a reader can check against the tables. The six checks (REFERENCE.md sectio
 3. unbounded eps does not break it: PGD at eps >= 0.99 leaves accuracy above chance;
 4. black-box or transfer beats white-box: Square, or the best transfer source, below plain PGD;
 5. BPDA beats plain gradients: BPDA PGD below plain PGD by more than a few points;
-6. dead gradients: inputs whose input gradient is zero, NaN or inf.
+6. dead gradients: inputs whose input gradient is zero, NaN or inf;
+and AutoAttack's own (`autoattack/checks.py`):
+7. randomised model: one input, different outputs over 5 forward passes (needs EOT, not PGD);
+8. probability outputs: rows in [0, 1] summing to 1 (a loss on softmax saturates);
+9. zero gradients at the attack's start: dead input gradients at PGD's random start in the ball;
+10. AutoAttack beats PGD: AutoAttack or APGD below plain PGD by more than the tolerance (the PGD
+    number overstates robustness, as on k-WTA: 52.4% under PGD, 18.5% under AutoAttack).
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from robustbench_sparse.attacks import ATTACKS
 from robustbench_sparse.cells import decode_flags
 from robustbench_sparse.evaluations import parse_spec
 
-LABELS = {"fgsm": "FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd": "PGD", "square": "Square"}
-# The six checks: name, and what a suite must run for each (shown when it could not run).
+LABELS = {"fgsm": "FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd": "PGD", "square": "Square", "apgd": "APGD",
+          "autoattack": "AutoAttack"}
+# The checks: name, and what a suite must run for each (shown when it could not run).
 CHECK_NEEDS = {
     1: ("one-step beats iterative",
         "FGSM beside I-FGSM or PGD at one eps, or an attack swept over two eps with prune = false"),
@@ -36,6 +43,10 @@ CHECK_NEEDS = {
     4: ("black-box or transfer beats white-box", "PGD beside Square or a transfer attack at one eps"),
     5: ("BPDA beats plain gradients", "PGD beside BPDA PGD (bpda = relu) at one eps"),
     6: ("dead gradients", "a `gradients` evaluation"),
+    7: ("randomised model", "a `determinism` evaluation"),
+    8: ("probability outputs", "a `logits` evaluation"),
+    9: ("zero gradients at the attack's start", "a `gradients` evaluation with eps > 0"),
+    10: ("AutoAttack beats PGD", "PGD beside AutoAttack or APGD at one eps"),
 }
 # Each flag's check number (check 1 has three forms).
 CHECK_OF = {
@@ -47,6 +58,10 @@ CHECK_OF = {
     "black-box or transfer beats white-box": 4,
     "BPDA beats plain gradients": 5,
     "dead gradients": 6,
+    "randomised model": 7,
+    "probability outputs": 8,
+    "zero gradients at the attack's start": 9,
+    "AutoAttack beats PGD": 10,
 }
 CHECKS = tuple(CHECK_OF)
 
@@ -196,11 +211,36 @@ def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, t
                               f"BPDA ({row['bpda']}) PGD {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} "
                               f"at eps={eps:g}"))
     for _, row in own[own["kind"] == "gradients"].iterrows():
-        ran.add(6)
+        eps = _params(row["spec"]).get("eps", 0.0) if "spec" in row else 0.0
+        number, check = (9, "zero gradients at the attack's start") if eps > 0 else (6, "dead gradients")
+        ran.add(number)
         dead = 1 - row["accuracy"]
         if dead > dead_share:
-            flags.append(Flag(model, seed, "dead gradients",
-                              f"{_pct(dead * 100)} of {row['n']} inputs have a zero or non-finite input gradient"))
+            where = f" at a random start in the eps={eps:g} ball" if eps > 0 else ""
+            flags.append(Flag(model, seed, check, f"{_pct(dead * 100)} of {row['n']} inputs have a zero or "
+                              f"non-finite input gradient{where}"))
+    for _, row in own[own["kind"] == "determinism"].iterrows():
+        ran.add(7)
+        if row["accuracy"] < 1:
+            flags.append(Flag(model, seed, "randomised model",
+                              f"{_pct((1 - row['accuracy']) * 100)} of {row['n']} inputs get different logits over "
+                              "5 forward passes: attack with EOT, plain gradients see one random draw"))
+    for _, row in own[own["kind"] == "logits"].iterrows():
+        ran.add(8)
+        if row["accuracy"] < 0.5:
+            flags.append(Flag(model, seed, "probability outputs",
+                              f"{_pct((1 - row['accuracy']) * 100)} of {row['n']} output rows are probability "
+                              "vectors: cross-entropy on softmax output saturates; return logits"))
+    strongest = own[own["kind"].isin(["autoattack", "apgd"])]
+    for eps, part in strongest.groupby("strength"):
+        if eps not in plain_at:
+            continue
+        ran.add(10)
+        row = part.iloc[part["accuracy"].to_numpy().argmin()]
+        if row["accuracy"] * 100 < plain_at[eps] - tolerance:
+            flags.append(Flag(model, seed, "AutoAttack beats PGD",
+                              f"{row['evaluation']} {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} at "
+                              f"eps={eps:g}: the PGD number overstates robustness"))
     return flags, ran
 
 
@@ -240,21 +280,21 @@ def _statuses(df: pd.DataFrame, num_classes: int, tolerance: float, bpda_toleran
 
 def masking_flags(df: pd.DataFrame, num_classes: int = 10, tolerance: float = 2.0,
                   bpda_tolerance: float = 3.0, dead_share: float = 0.01) -> list[Flag]:
-    """The flags raised by the six checks, per model and seed. `df` holds white-box records and
+    """The flags raised by the checks, per model and seed. `df` holds white-box records and
     transfer records (targets = `model`, crafted on `source`)."""
     return _statuses(df, num_classes, tolerance, bpda_tolerance, dead_share)[0]
 
 
 def masking_checks(df: pd.DataFrame, num_classes: int = 10, tolerance: float = 2.0,
                    bpda_tolerance: float = 3.0, dead_share: float = 0.01) -> pd.DataFrame:
-    """Each of the six checks per model and seed: fired (with its evidence), passed, or not run
+    """Each of the checks per model and seed: fired (with its evidence), passed, or not run
     (with the evaluations it needs)."""
     rows = _statuses(df, num_classes, tolerance, bpda_tolerance, dead_share)[1]
     return pd.DataFrame(rows, columns=["model", "seed", "check", "status", "evidence / needs"])
 
 
 def check_summary(checks: pd.DataFrame, model: str) -> str:
-    """One model's six statuses in one cell: fired checks by name, the others by number
+    """One model's check statuses in one cell: fired checks by name, the others by number
     (a check counts as fired when it fired for any seed)."""
     mine = checks[checks["model"] == model]
     if mine.empty:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_sparse import attacks, noise
+from robustbench_sparse import attacks, corruptions, noise
 from robustbench_sparse.data import DatasetInfo
 from robustbench_sparse.runtime import UserError, generator
 
@@ -80,6 +80,8 @@ def _foolbox_pgd_needs_ce(params: dict[str, Any]) -> str | None:
 
 
 ACCURACY = "accuracy"
+RANDOM_TOLERANCE = 1e-4  # AutoAttack's checks.py: outputs of one input differing by more are "randomised"
+DETERMINISM_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Kind:
     metric: str = ACCURACY
     # The random-noise kinds: (x, params, info, per-image generators) -> perturbed x.
     noise: Callable[[torch.Tensor, dict[str, Any], DatasetInfo, list[torch.Generator]], torch.Tensor] | None = None
+    corruption: bool = False  # one of MNIST-C's common corruptions
 
     @property
     def adversarial(self) -> bool:
@@ -115,18 +118,29 @@ KINDS: dict[str, Kind] = {
     k.name: k
     for k in [
         Kind("clean", "no perturbation", None),
-        Kind("gradients", "share of inputs whose input gradient is non-zero and finite (not an accuracy)", None,
+        Kind("gradients", "share of inputs whose input gradient is non-zero and finite (not an accuracy); at "
+             "x itself, or at a random start in the eps-ball (where PGD and APGD start)", None,
+             {"eps": Param(0.0, _number(0, 1), "0 (at x) or 0 < eps <= 1 (at x + U(-eps, eps), clipped)")},
              metric="live-gradient share"),
+        Kind("determinism", f"share of inputs whose logits agree (within {RANDOM_TOLERANCE:g}) over "
+             f"{DETERMINISM_RUNS} forward passes (not an accuracy; AutoAttack's randomised-model check)", None,
+             metric="deterministic share"),
+        Kind("logits", "share of inputs whose output row is not a probability vector (rows in [0, 1] summing "
+             "to 1: softmax output; not an accuracy)", None, metric="logit-output share"),
         Kind("gaussian", "x + sigma N(0,1), clipped", "sigma", {"sigma": Param(0.0, _number(0), "sigma >= 0")},
              noise=lambda x, p, info, gens: noise.gaussian_noise(x, p["sigma"], gens)),
         Kind("blend", "(1 - eta) x + eta U(0,1)", "eta", {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")},
              noise=lambda x, p, info, gens: noise.blend_noise(x, p["eta"], gens)),
         Kind(
             "pixel",
-            "floor(eta * pixels) pixels set to mean + 2 std (the paper's protocol)",
+            "floor(eta * pixels) pixels set to mean + 2 std (the paper's protocol), or the forum's variants",
             "eta",
-            {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")},
-            noise=lambda x, p, info, gens: noise.pixel_noise(x, p["eta"], _paper_value(info), gens),
+            {
+                "eta": Param(0.0, _number(0, 1), "0 <= eta <= 1"),
+                "fill": Param("paper", _choice("paper", "uniform", "half"),
+                              "paper (the dataset's mean + 2 std), uniform (U(0,1) per chosen pixel) or half (0.5)"),
+            },
+            noise=lambda x, p, info, gens: noise.pixel_noise(x, p["eta"], _paper_value(info), gens, p["fill"]),
         ),
         Kind(
             "occlusion",
@@ -194,8 +208,55 @@ KINDS: dict[str, Kind] = {
                 "prune": PRUNE,
             },
         ),
+        Kind(
+            "apgd",
+            "APGD (Croce & Hein 2020; torchattacks): PGD with an adaptive step size, cross-entropy or DLR loss",
+            "eps",
+            {
+                "eps": EPS,
+                "steps": Param(100, _int(1), "an integer >= 1 (AutoAttack's APGD: 100)"),
+                "loss": Param("ce", _choice(*attacks.APGD_LOSSES), "ce (cross-entropy) or dlr (difference of "
+                              "logits ratio, scale-invariant; needs >= 3 classes)"),
+                "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no APGD)"),
+                "bpda": BPDA,
+                "prune": PRUNE,
+            },
+        ),
+        Kind(
+            "autoattack",
+            "standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square; each later attack on the images still "
+            "correct, robust accuracy = the per-image worst case",
+            "eps",
+            {
+                "eps": EPS,
+                "steps": Param(100, _int(1), "an integer >= 1: iterations of APGD, APGD-T and FAB-T (original: 100)"),
+                "n_queries": Param(5000, _int(1), "an integer >= 1: Square's queries (original: 5000)"),
+                "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no AutoAttack)"),
+                "bpda": BPDA,
+                "prune": PRUNE,
+            },
+        ),
+        *[
+            Kind(
+                c.name,
+                f"MNIST-C corruption: {c.description} [{c.source}]",
+                "severity",
+                {"severity": Param(
+                    c.default_severity,
+                    lambda v, info, name=c.name: (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 5
+                                                  and corruptions.check_shape(name, (1, *info.shape)) is None),
+                    f"an integer severity 1-5 (MNIST-C's default: {c.default_severity})"
+                    + (f"; {c.name} needs 1x28x28 grey images" if c.grey_28_only else ""),
+                )},
+                noise=lambda x, p, info, gens, name=c.name: corruptions.corrupt(name, x, p["severity"], gens),
+                corruption=True,
+            )
+            for c in corruptions.CORRUPTIONS.values()
+        ],
     ]
 }
+
+CORRUPTION_KINDS = tuple(k.name for k in KINDS.values() if k.corruption)
 
 
 def kind_of(name: str) -> Kind:
@@ -292,3 +353,35 @@ def perturb(
         return x
     with torch.inference_mode():
         return kind.noise(x, params, info, [generator(s) for s in image_seeds])
+
+
+# --- measurements of the model itself (kinds whose metric is not an accuracy) -------------------
+
+def _batches(x: torch.Tensor, device: torch.device, batch_size: int) -> list[torch.Tensor]:
+    return [x[i : i + batch_size].to(device) for i in range(0, len(x), batch_size)]
+
+
+def deterministic_flags(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int,
+                        runs: int = DETERMINISM_RUNS) -> torch.Tensor:
+    """Per input: do `runs` forward passes agree within RANDOM_TOLERANCE? (AutoAttack's check for
+    randomised defences, which need EOT rather than plain gradients.)"""
+    flags = []
+    with torch.inference_mode():
+        for xb in _batches(x, device, batch_size):
+            outs = [model(xb).flatten(1) for _ in range(runs)]
+            spread = torch.stack([(o - outs[0]).abs().amax(dim=1) for o in outs[1:]]).amax(dim=0)
+            flags.append((spread <= RANDOM_TOLERANCE).cpu())
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
+def probability_rows(out: torch.Tensor, tolerance: float = 1e-4) -> torch.Tensor:
+    """Per row: in [0, 1] and summing to 1 (softmax output, not logits)."""
+    in_range = ((out >= -tolerance) & (out <= 1 + tolerance)).all(dim=1)
+    return in_range & ((out.sum(dim=1) - 1).abs() <= tolerance)
+
+
+def logit_flags(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+    """Per input: is the model's output row something other than a probability vector?"""
+    with torch.inference_mode():
+        flags = [(~probability_rows(model(xb))).cpu() for xb in _batches(x, device, batch_size)]
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)

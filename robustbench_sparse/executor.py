@@ -19,12 +19,13 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from robustbench_sparse import noise
 from robustbench_sparse.attacks import craft_batches, live_gradients
 from robustbench_sparse.cells import Cell, Job
 from robustbench_sparse.checkpoints import model_from_bytes
 from robustbench_sparse.data import Dataset, DatasetInfo
-from robustbench_sparse.evaluations import ACCURACY, kind_of, perturb
-from robustbench_sparse.runtime import UserError, eval_mode, stable_seed
+from robustbench_sparse.evaluations import ACCURACY, deterministic_flags, kind_of, logit_flags, perturb
+from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed
 from robustbench_sparse.store import ArtifactStore
 from robustbench_sparse.suites import Evaluation
 from robustbench_sparse.zoo import ModelSpec
@@ -127,8 +128,17 @@ def correct_flags(
     other than accuracy (`gradients`): per sample, whether the input gradient is
     usable (non-zero, finite)."""
     if evaluation.kind == "gradients":
+        eps = evaluation.params_at(strength).get("eps", 0.0)
+        if eps > 0:  # at a random start in the eps-ball, as PGD and APGD begin (AutoAttack's check)
+            start = noise.uniform_ball(x, eps, [generator(s) for s in
+                                                 image_seeds(eval_seed, evaluation.draw_spec(strength), 0, len(x))])
+            x = start
         zero, nonfinite = live_gradients(model, x, y, device, batch_size)
         return ~(zero | nonfinite)
+    if evaluation.kind == "determinism":
+        return deterministic_flags(model, x, device, batch_size)
+    if evaluation.kind == "logits":
+        return logit_flags(model, x, device, batch_size)
     previous = None
     for smaller in evaluation.chain(strength)[:-1]:  # a pruned sweep: the sets at smaller eps first
         previous = perturbed_set(model, evaluation, smaller, x, y, info, device, eval_seed, batch_size,

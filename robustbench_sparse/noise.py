@@ -37,9 +37,11 @@ def blend_noise(x: torch.Tensor, eta: float, gens: Generators) -> torch.Tensor:
     return (1 - eta) * x + eta * _per_image(x, gens, lambda g: torch.rand(x.shape[1:], generator=g))
 
 
-def pixel_noise(x: torch.Tensor, eta: float, value: torch.Tensor, gens: Generators) -> torch.Tensor:
+def pixel_noise(x: torch.Tensor, eta: float, value: torch.Tensor, gens: Generators, fill: str = "paper") -> torch.Tensor:
     """The paper's MNIST protocol: per image, exactly floor(eta * H * W) positions chosen without
-    replacement are set to `value` (per channel: the dataset's mean + 2 std)."""
+    replacement are set to `value` (per channel: the dataset's mean + 2 std). The forum's variants:
+    `fill = "uniform"` sets each chosen pixel (each channel) to U(0, 1), drawn after the positions
+    from the same per-image generator; `fill = "half"` sets them to 0.5."""
     b, c, h, w = x.shape
     count = int(eta * h * w + 1e-9)
     if count == 0 or b == 0:
@@ -47,7 +49,22 @@ def pixel_noise(x: torch.Tensor, eta: float, value: torch.Tensor, gens: Generato
     order = _per_image(x, gens, lambda g: torch.randperm(h * w, generator=g)[:count])
     hit = torch.zeros(b, h * w, dtype=torch.bool, device=x.device).scatter_(1, order, True)
     hit = hit.view(b, 1, h, w)
-    return torch.where(hit, value.view(1, c, 1, 1).to(x), x)
+    if fill == "uniform":
+        filler = _per_image(x, gens, lambda g: torch.rand(x.shape[1:], generator=g)).to(x)
+    elif fill == "half":
+        filler = torch.full_like(x, 0.5)
+    elif fill == "paper":
+        filler = value.view(1, c, 1, 1).to(x).expand_as(x)
+    else:
+        raise ValueError(f"unknown fill {fill!r}; valid: paper, uniform, half")
+    return torch.where(hit, filler, x)
+
+
+def uniform_ball(x: torch.Tensor, eps: float, gens: Generators) -> torch.Tensor:
+    """x + U(-eps, eps) per pixel, clipped to [0, 1]: where a PGD-style attack starts."""
+    if not len(x) or eps == 0:
+        return x.clone()
+    return (x + eps * (2 * _per_image(x, gens, lambda g: torch.rand(x.shape[1:], generator=g)) - 1)).clamp(0, 1)
 
 
 def occlusion(x: torch.Tensor, size: int, gens: Generators, fill: str = "zero") -> torch.Tensor:

@@ -26,10 +26,11 @@ from robustbench_sparse import harness
 from robustbench_sparse.attacks import ATTACKS, early_stops
 from robustbench_sparse.cells import decode_flags, encode_flags, environment
 from robustbench_sparse.checkpoints import EXTERNAL
-from robustbench_sparse.diagnostics import masking_checks, most_effective
-from robustbench_sparse.evaluations import kind_of
+from robustbench_sparse.corruptions import CORRUPTIONS, corrupt
+from robustbench_sparse.diagnostics import CHECK_NEEDS, masking_checks, most_effective
+from robustbench_sparse.evaluations import CORRUPTION_KINDS, kind_of
 from robustbench_sparse.executor import ENSEMBLE
-from robustbench_sparse.runtime import Paths, UserError, atomic_write_text, library_versions
+from robustbench_sparse.runtime import Paths, UserError, atomic_write_text, generator, library_versions, stable_seed
 from robustbench_sparse.stats import compare_to_reference, reference_model
 from robustbench_sparse.suites import Suite
 from robustbench_sparse.tables import accuracies, seed_stats, summary
@@ -216,6 +217,47 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     return out
 
 
+def corruption_table(white: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """MNIST-C: per model, the accuracy (%) under each corruption (mean over the severities run),
+    the mean corruption error (%, over every corruption and severity), and the corruption error
+    relative to the reference model as ImageNet-C defines it: CE_c = sum over severities of the
+    model's error / the reference's, mCE = the mean of CE_c over corruptions (100 = as the
+    reference; lower is more robust)."""
+    part = accuracies(white[white["kind"].isin(CORRUPTION_KINDS) & (white["source"] == white["model"])])
+    if part.empty:
+        return pd.DataFrame()
+    models = list(dict.fromkeys(part["model"]))
+    table = seed_stats(part, ["model", "evaluation"]).unstack("evaluation")
+    table = table.reindex(index=models, columns=list(dict.fromkeys(part["evaluation"])))
+    table.columns = [f"{c} %" for c in table.columns]
+    error = part.assign(error=1 - part["accuracy"])
+    table["mean corruption error %"] = seed_stats(error, ["model"], value="error")
+    summed = error.groupby(["model", "evaluation"], sort=False)["error"].sum().unstack("evaluation")
+    if reference in summed.index:
+        ratio = (summed / summed.loc[reference].replace(0, np.nan)) * 100
+        table[f"mCE vs {reference} (100 = same)"] = ratio.mean(axis=1).round(1)
+    table.index.name = "model"
+    return table.reset_index()
+
+
+def plot_corruptions(x: torch.Tensor, eval_seed: int, folder: Path) -> list[Path]:
+    """One test image under each of MNIST-C's corruptions at its default severity."""
+    names = list(CORRUPTIONS)
+    fig, axes = plt.subplots(2, 8, figsize=(13, 3.8))
+    panels = [("clean", x)] + [(n, corrupt(n, x, CORRUPTIONS[n].default_severity,
+                                           [generator(stable_seed(eval_seed, "corruption picture", n))]))
+                               for n in names]
+    for ax, (name, image) in zip(axes.flat, panels, strict=True):
+        picture = image[0].permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy()
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
+        severity = "" if name == "clean" else f" ({CORRUPTIONS[name].default_severity})"
+        ax.set_title(f"{name.replace('_', ' ')}{severity}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("A test image under each MNIST-C corruption (MNIST-C's default severity in brackets)")
+    fig.tight_layout()
+    return _save(fig, folder / "corruptions")
+
+
 def attack_mode(suite: Suite) -> str:
     """Which attacks' numbers come from pruned sweeps and early stopping, in words."""
     attacks = [e for e in suite.evaluations if kind_of(e.kind).adversarial]
@@ -376,13 +418,20 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
     worst = worst_case(everything).reset_index()
     sections: list[tuple[str, str, pd.DataFrame]] = [
         ("Overview", "Clean accuracy, each evaluation at its strongest setting, the paper's pixel-noise "
-         f"score, and the status of the six gradient-masking checks (accuracy %{SEEDS_NOTE}).", overview),
+         f"score, and the status of the gradient-masking checks (accuracy %{SEEDS_NOTE}).", overview),
         ("Mean robust accuracy over the ε sweep", "Mean accuracy (%) over each attack's ε > 0.",
          sweep_means(white).reset_index()),
         ("Worst case over attacks", "Per model and ε, the share of test images that survive every attack "
          "run against that model (white-box and transfer), judged per image." + marks, worst),
         ("Accuracy per evaluation and strength", f"Accuracy (%{SEEDS_NOTE})." + marks, strengths),
     ]
+    corrupted = corruption_table(white, ref)
+    if not corrupted.empty:
+        sections.insert(2, ("Common corruptions (MNIST-C)", "Accuracy (%) under each of MNIST-C's corruptions "
+                            "(mean over the severities run), the mean corruption error, and the corruption error "
+                            f"relative to {ref} (ImageNet-C's mCE: per corruption the model's summed error over "
+                            f"severities / {ref}'s, averaged; below 100 = more robust than {ref})."
+                            " With several training seeds: mean ± std over seeds.", corrupted))
     ranking, changes = rank_table(everything)
     if not ranking.empty:
         text = ("Per model and ε: plain PGD accuracy beside the per-sample worst case over every attack run "
@@ -394,13 +443,13 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
     checks = masking_checks(everything, plan.info.num_classes)
     fired = int((checks["status"] == "fired").sum())
     not_run = int((checks["status"] == "not run").sum())
-    text = ("Each of the six checks per model: **fired** (a sign that an attack, not the model, may be weak "
+    text = (f"Each of the {len(CHECK_NEEDS)} checks per model: **fired** (a sign that an attack, not the model, may be weak "
             "for these numbers; with the evidence), **passed** (the suite ran what the check needs and it did "
             "not fire), or **not run** (the suite lacks what the check needs; named). "
             f"Here: {fired} fired, {not_run} not run.")
     if not_run:
         text += (" A check that did not run says nothing either way: run the `masking` suite "
-                 "(`rbs benchmark --suite masking`) for all six.")
+                 f"(`rbs benchmark --suite masking`) for all {len(CHECK_NEEDS)}.")
     sections.append(("Gradient-masking checks", text, checks))
     if not moves.empty:
         for evaluation in dict.fromkeys(moves["evaluation"]):
@@ -429,6 +478,8 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
                  _marked(tb, tests, "per strength") if tb is strengths else tb) for t, x, tb in sections]
 
     figures = plot_sweeps(white, colours, figures_dir)
+    if not corrupted.empty:
+        figures += plot_corruptions(plan.test_set()[0][:1], plan.suite.seed, figures_dir)
     if not moves.empty:
         figures += plot_transfer(moves, figures_dir)
     page = Page(f"robustbench-sparse: {plan.info.name}, suite {plan.setup.run_name}",
@@ -659,7 +710,7 @@ def card_entry(plan: harness.Plan, model: str, white: pd.DataFrame, everything: 
         "clean_accuracy_std": clean_std,
         "robust_accuracy": robust,
         "noise_score": float(noise.mean()) if not noise.empty else None,
-        "corruption_error": None,
+        "corruption_error": corruption_error(own),
         "masking_checks": {c: ("fired" if "fired" in set(st) else "passed" if "passed" in set(st) else "not run")
                            for c, st in checks[checks["model"] == model].groupby("check", sort=False)["status"]},
         "significant_differences": [
@@ -669,6 +720,12 @@ def card_entry(plan: harness.Plan, model: str, white: pd.DataFrame, everything: 
         "code": environment()["code"],
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def corruption_error(own: pd.DataFrame) -> float | None:
+    """The mean error (%) over every MNIST-C corruption and severity run, or None."""
+    part = accuracies(own[own["kind"].isin(CORRUPTION_KINDS)])
+    return None if part.empty else round(float((1 - part["accuracy"]).mean() * 100), 2)
 
 
 def write_cards(plan: harness.Plan, white: pd.DataFrame, everything: pd.DataFrame, checks: pd.DataFrame,

@@ -42,7 +42,7 @@ def accuracies(df: pd.DataFrame) -> pd.DataFrame:
 
 def summary(df: pd.DataFrame, num_classes: int = 10) -> pd.DataFrame:
     """One row per model: clean accuracy, each evaluation at its strongest setting (%), the noise
-    score, and the status of the six masking checks (from `df`'s white-box and transfer records)."""
+    score, and the status of the masking checks (from `df`'s white-box and transfer records)."""
     own = accuracies(df[df["source"] == df["model"]])
     models = list(dict.fromkeys(own["model"]))
     table = pd.DataFrame(index=pd.Index(models, name="model"))

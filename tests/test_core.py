@@ -54,7 +54,7 @@ def _rbs(paths, *args, device=True):
 
 
 def test_the_shipped_suites_are_the_documented_ones():
-    assert SHIPPED == ["masking", "paper", "quick", "standard"]
+    assert SHIPPED == ["corruptions", "masking", "paper", "quick", "standard"]
 
 
 @pytest.mark.parametrize("suite", SHIPPED)

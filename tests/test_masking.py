@@ -189,3 +189,83 @@ def test_most_effective_attack_is_the_per_sample_worst_case(records):
     attacked = records[(records["model"] == "threshold") & (records["strength"] == 0.15)
                        & records["kind"].isin(["fgsm", "ifgsm", "pgd", "square"])]
     assert threshold["worst"] <= attacked["accuracy"].min() * 100 + 1e-9
+
+
+# --- AutoAttack's checks (7-10) -------------------------------------------------------------------
+
+class AlwaysDropout(nn.Module):
+    """Dropout that ignores eval mode: a randomised model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(x, 0.3, training=True)
+
+
+AA_SUITE = """
+[[evaluations]]
+kind = "gradients"
+name = "at-start"
+eps = 0.15
+[[evaluations]]
+kind = "determinism"
+[[evaluations]]
+kind = "logits"
+[[evaluations]]
+kind = "pgd"
+eps = [0.15]
+steps = 20
+[[evaluations]]
+kind = "autoattack"
+eps = [0.15]
+steps = 20
+n_queries = 300
+"""
+
+
+@pytest.fixture(scope="module")
+def aa_records(zoo, mnist5k) -> pd.DataFrame:
+    models = {
+        "plain": zoo["plain"],
+        "threshold": zoo["threshold"],
+        "randomised": nn.Sequential(zoo["plain"], AlwaysDropout()).eval(),
+        "softmax": nn.Sequential(zoo["plain"], nn.Softmax(dim=1)).eval(),
+    }
+    suite = parse_suite(AA_SUITE, "aa", mnist5k.info)
+    x, y = mnist5k.test_x[:100], mnist5k.test_y[:100]
+    rows = []
+    for name, model in models.items():
+        with eval_mode(model):
+            for evaluation in suite.evaluations:
+                for strength in evaluation.strengths:
+                    cell = Cell("mnist5k", name, 0, f"aa-{name}", evaluation, strength, len(x), 0, 100, "aa")
+                    flags = correct_flags(model, evaluation, strength, x, y, mnist5k.info, CPU, 0, 100)
+                    rows.append(make_record(cell, flags, 0.0, CPU))
+    return pd.DataFrame(rows)
+
+
+def test_autoattacks_checks_stay_quiet_on_the_plain_model(aa_records):
+    assert _checks(aa_records, "plain") == set()
+
+
+@pytest.mark.parametrize(
+    "model, check",
+    [
+        ("randomised", "randomised model"),
+        ("softmax", "probability outputs"),
+        ("threshold", "zero gradients at the attack's start"),
+        ("threshold", "AutoAttack beats PGD"),
+    ],
+)
+def test_each_autoattack_check_fires_on_a_model_built_to_trip_it(aa_records, model, check):
+    flags = [f for f in masking_flags(aa_records) if f.model == model and f.check == check]
+    assert flags, f"{check!r} did not fire on {model}: {_checks(aa_records, model)}"
+    assert all(f.evidence for f in flags)
+
+
+def test_every_check_has_a_status_and_the_new_ones_ran(aa_records):
+    from robustbench_sparse.diagnostics import CHECK_NEEDS, masking_checks
+
+    checks = masking_checks(aa_records)
+    plain = checks[checks["model"] == "plain"]
+    assert len(plain) == len(CHECK_NEEDS) == 10
+    status = dict(zip(plain["check"].str.split(".").str[0].astype(int), plain["status"], strict=True))
+    assert all(status[n] == "passed" for n in (7, 8, 9, 10)), status
