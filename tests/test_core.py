@@ -82,10 +82,11 @@ def test_each_check_has_a_status_and_not_run_names_what_it_needs(home):
     from robustbench_sparse.diagnostics import CHECK_NEEDS, masking_checks
 
     table = masking_checks(checks)
-    assert len(table) == 6 and set(table["status"]) <= {"fired", "passed", "not run"}
-    status = dict(zip(table["check"].str[0].astype(int), table["status"], strict=True))
+    assert len(table) == len(CHECK_NEEDS) == 10 and set(table["status"]) <= {"fired", "passed", "not run"}
+    status = dict(zip(table["check"].str.split(".").str[0].astype(int), table["status"], strict=True))
     assert status[1] in ("passed", "fired")  # FGSM, I-FGSM and PGD all run
-    for number in (2, 3, 5, 6):  # no 5x PGD, eps = 1, BPDA or gradients in `standard`
+    # no 5x PGD, eps = 1, BPDA, gradients, determinism, logits, AutoAttack in `standard`
+    for number in (2, 3, 5, 6, 7, 8, 9, 10):
         assert status[number] == "not run"
         needs = table.loc[table["check"].str.startswith(f"{number}."), "evidence / needs"].item()
         assert needs == f"needs {CHECK_NEEDS[number][1]}"
@@ -211,10 +212,14 @@ def test_gradient_share_is_kept_apart_from_accuracies(home):
     assert _rbs(home, "evaluate", "--suite", "quick", "--models", "dense").exit_code == 0
     frame = pd.read_csv(home.reports("mnist5k") / "quick" / "records.csv")
     assert set(frame.loc[frame["kind"] == "gradients", "metric"]) == {"live-gradient share"}
-    assert set(frame.loc[frame["kind"] != "gradients", "metric"]) == {"accuracy"}
+    assert set(frame.loc[frame["kind"] == "determinism", "metric"]) == {"deterministic share"}
+    assert set(frame.loc[frame["kind"] == "logits", "metric"]) == {"logit-output share"}
+    measured = frame["kind"].isin(["gradients", "determinism", "logits"])
+    assert set(frame.loc[~measured, "metric"]) == {"accuracy"}
     from robustbench_sparse.tables import summary
 
-    assert not any("live-gradients" in c for c in summary(frame).columns)
+    columns = " ".join(summary(frame).columns)
+    assert not any(name in columns for name in ("live-gradients", "determinism", "logits"))
 
 
 @pytest.mark.parametrize("value, disabled", [("1", True), ("true", True), ("0", None), ("", None), ("no", None)])

@@ -242,7 +242,8 @@ def test_suite_prune_flag(trained_home):
     from robustbench_sparse.suites import load_suite
 
     shipped = Paths.default()
-    assert not any(e.pruned for e in load_suite(shipped, "masking", INFO).evaluations)
+    # masking: unpruned sweeps for check 1, except AutoAttack (not read by check 1, and slow)
+    assert [e.name for e in load_suite(shipped, "masking", INFO).evaluations if e.pruned] == ["autoattack"]
     assert all(e.pruned for e in load_suite(shipped, "standard", INFO).evaluations if "prune" in dict(e.params))
 
 

@@ -193,7 +193,7 @@ def test_foolbox_and_torchattacks_agree_within_a_few_points(trained, mnist5k):
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ('kind = "pgdd"\neps = [0.1]', "unknown evaluation 'pgdd'; valid: clean, gradients, gaussian"),
+        ('kind = "pgdd"\neps = [0.1]', "unknown evaluation 'pgdd'; valid: clean, gradients, determinism, logits, gaussian"),
         ('kind = "pgd"\neps = [0.1, -0.1]', "eps=-0.1 is out of range; valid: 0 <= eps <= 1"),
         ('kind = "pixel"\neta = [1.5]', "eta=1.5 is out of range; valid: 0 <= eta <= 1"),
         ('kind = "occlusion"\nsize = [40]', "size=40 is out of range; valid: an integer patch side"),
@@ -211,7 +211,7 @@ def test_bad_suites_are_refused_before_any_work(tiny_home, entry, message, monke
 
 
 def test_unknown_suite_lists_the_valid_ones(tiny_home):
-    with pytest.raises(UserError, match="unknown suite .nope.; valid: masking, paper, quick, standard"):
+    with pytest.raises(UserError, match="unknown suite .nope.; valid: corruptions, masking, paper, quick, standard"):
         harness.plan("mnist5k", "nope", home=tiny_home.home)
 
 
