@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed
+from robustbench_sparse.sparse import _KWinnersBase
 
 BACKENDS = ("torchattacks", "foolbox")
 ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd", "square", "apgd", "autoattack")
@@ -61,12 +62,18 @@ def step_size(params: dict[str, Any]) -> float:
     return 2.5 * params["eps"] / params["steps"] if alpha == "auto" else float(alpha)
 
 
+def handles_bpda(module: nn.Module) -> bool:
+    """A layer that applies BPDA itself: our k-winners, or a layer declaring `rbs_bpda = True`
+    whose forward honours its `bpda` attribute (None, "relu" or "identity")."""
+    return isinstance(module, _KWinnersBase) or getattr(type(module), "rbs_bpda", False) is True
+
+
 def looks_like_kwinners(module: nn.Module) -> bool:
     """A k-winners layer from another library, found by duck typing: it says so (`rbs_kwinners =
     True`), or it carries the k-winners state of nupic.torch's `KWinners` / `KWinners2d` (the
-    paper's code): a `k_inference_factor` and a `duty_cycle`. Our own layers (and any layer with a
-    `bpda` attribute) handle BPDA themselves and are not counted here."""
-    if hasattr(module, "bpda"):
+    paper's code): a `k_inference_factor` and a `duty_cycle`. Layers that apply BPDA themselves
+    (`handles_bpda`) are not counted here."""
+    if handles_bpda(module):
         return False
     if getattr(module, "rbs_kwinners", False) is True:
         return True
@@ -74,8 +81,9 @@ def looks_like_kwinners(module: nn.Module) -> bool:
 
 
 def bpda_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
-    """The layers BPDA acts on: (those with a `bpda` attribute, the duck-typed foreign k-winners)."""
-    own = [m for m in model.modules() if hasattr(m, "bpda") and not isinstance(m, nn.Sequential)]
+    """The layers BPDA acts on: (those that apply it themselves, the duck-typed foreign k-winners
+    that get a forward hook)."""
+    own = [m for m in model.modules() if handles_bpda(m)]
     foreign = [m for m in model.modules() if looks_like_kwinners(m)]
     return own, foreign
 
@@ -103,9 +111,10 @@ def bpda_backward(model: nn.Module, mode: str | None) -> Iterator[nn.Module]:
     "relu": the backward of ReLU; "identity": straight-through; "none" (or None): the layers' own
     mask gradient. Forward values are unchanged (the layers add the stand-in's gradient only).
 
-    The protocol a layer follows to take part (README: Benchmark your own model): either it has a
-    `bpda` attribute (None, "relu" or "identity") and its forward honours it, as our `KWinners`
-    do; or it is found by `looks_like_kwinners` and gets a forward hook doing the same.
+    The protocol a layer follows to take part (README: Benchmark your own model): either it
+    applies BPDA itself (`handles_bpda`: our `KWinners`, or a class with `rbs_bpda = True` whose
+    forward honours its `bpda` attribute); or it is found by `looks_like_kwinners` and gets a
+    forward hook doing the same.
     Each layer's previous setting is restored (hooks removed) afterwards, also when the block raises.
     """
     if mode not in (*BPDA_MODES, None):

@@ -47,6 +47,7 @@ class Manifest:
     train_seconds: float
     device: str
     versions: dict[str, str]
+    val_accuracy: float | None = None  # on the dataset's validation split, where it has one
 
     @property
     def short_hash(self) -> str:
@@ -98,6 +99,7 @@ def save_checkpoint(
     test_size: int,
     train_seconds: float,
     device: str,
+    val_accuracy: float | None = None,
 ) -> Manifest:
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
@@ -121,6 +123,7 @@ def save_checkpoint(
         train_seconds=round(train_seconds, 2),
         device=device,
         versions=library_versions(),
+        val_accuracy=val_accuracy,
     )
     atomic_write_text(manifest_path(paths, dataset, spec.name, seed), json.dumps(asdict(manifest), indent=2) + "\n")
     for old in folder.glob(f"{_stem(spec.name, seed)}-*.pt"):
@@ -154,30 +157,67 @@ EXTERNAL = "external"
 
 def pack_module(model: nn.Module) -> bytes:
     """A module as bytes a worker can load without its source: cloudpickle sends a class defined in
-    a script or notebook by value (plain pickle would send only its name); classes from installed
-    packages still go by name and must be importable where the bytes are loaded."""
+    a script, a notebook or a module outside the installed packages by value (plain pickle would
+    send only its name); classes from installed packages (torch, nupic.torch, ...) go by name and
+    must be installed where the bytes are loaded. A module that cannot be pickled is a UserError."""
+    import sys
+    import sysconfig
+
     import cloudpickle
 
+    installed = {Path(p).resolve() for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                                              sysconfig.get_paths()["stdlib"])}
+    by_value = []
+    for module in model.modules():
+        source = sys.modules.get(type(module).__module__)
+        where = getattr(source, "__file__", None)
+        if source is None or where is None or type(module).__module__ in ("__main__", "builtins"):
+            continue
+        path = Path(where).resolve()
+        if not any(path.is_relative_to(root) for root in installed) and source not in by_value:
+            by_value.append(source)
     buffer = io.BytesIO()
-    torch.save(model, buffer, pickle_module=cloudpickle)
+    try:
+        for source in by_value:
+            cloudpickle.register_pickle_by_value(source)
+        torch.save(model, buffer, pickle_module=cloudpickle)
+    except Exception as err:  # noqa: BLE001 - whatever stops pickling, the user must fix it in the model
+        raise UserError(f"the model cannot be pickled to run in workers ({type(err).__name__}: {err}); "
+                        "unwrap torch.compile, and remove open files, locks or lambdas held as attributes") from None
+    finally:
+        for source in by_value:
+            cloudpickle.unregister_pickle_by_value(source)
     return buffer.getvalue()
 
 
 def module_identity(model: nn.Module) -> str:
-    """SHA-256 of a module's state_dict (tensors, in order) and its architecture (the class's source
-    where Python has it, else the module's repr): new weights or new code give a new identity."""
+    """SHA-256 of what a module computes with: its state_dict (tensors, in order), its
+    non-persistent buffers and plain settings (numbers, strings, tuples held as attributes, such
+    as a k-winners layer's k), and its classes' code (their source, or their compiled methods where
+    Python has no source, as in a REPL). New weights, settings or code give a new identity; the
+    same module gives the same one in any process (pickled bytes would not: they are not stable)."""
     import inspect
+    import marshal
 
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     digest = hashlib.sha256(buffer.getvalue())
-    for module in model.modules():
+    plain = (int, float, str, bool, type(None), tuple)
+    for name, module in model.named_modules():
+        settings = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"
+                    and isinstance(v, plain)}
+        digest.update(repr((name, type(module).__qualname__, sorted(settings.items(), key=lambda kv: kv[0]))).encode())
+        for key in sorted(getattr(module, "_non_persistent_buffers_set", ())):
+            tensor = module._buffers.get(key)
+            if tensor is not None:
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for cls in dict.fromkeys(type(m) for m in model.modules()):
         try:
-            code = inspect.getsource(type(module))
+            digest.update(inspect.getsource(cls).encode())
         except (OSError, TypeError):
-            code = repr(type(module))
-        digest.update(code.encode())
-    digest.update(repr(model).encode())
+            for attr, value in sorted(vars(cls).items()):
+                code = getattr(value, "__code__", None)
+                digest.update(attr.encode() + (marshal.dumps(code) if code is not None else b""))
     return digest.hexdigest()
 
 

@@ -185,13 +185,17 @@ def train(
             "model": o.model,
             "seed": o.seed,
             "action": o.action,
-            "clean acc %": round(100 * o.manifest.clean_accuracy, 2),
+            "val acc %": None if o.manifest.val_accuracy is None else round(100 * o.manifest.val_accuracy, 2),
+            "test acc %": round(100 * o.manifest.clean_accuracy, 2),
             "train s": o.manifest.train_seconds,
             "sha256": o.manifest.short_hash,
         }
         for o in outcomes
     ]
-    _print_table(pd.DataFrame(rows))
+    table = pd.DataFrame(rows)
+    if table["val acc %"].isna().all():  # no validation split (mnist5k)
+        table = table.drop(columns="val acc %")
+    _print_table(table)
     if all(o.action == "cached" for o in outcomes):
         typer.echo("\nnothing to train: every checkpoint is up to date (use --force to retrain)")
     typer.echo(f"\ncheckpoints: {paths.checkpoints(dataset.value)}")

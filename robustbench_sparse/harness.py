@@ -118,11 +118,18 @@ def prepare(
     own = load_suite(paths, suite, info)
     the_suite = with_backend(own, backend)
     zoo = load_zoo(paths.zoo_spec)
+    declared = [name for name, by_dataset in zoo.items() if dataset in by_dataset]
+    if models is None and own.models:
+        missing = [m for m in own.models if m not in declared]
+        if missing:
+            raise UserError(f"suite {own.name!r}: models {', '.join(missing)} are not zoo models for {dataset}; "
+                            f"valid: {', '.join(declared)}")
+        models = list(own.models)
     specs = select_models(zoo, dataset, models)
-    unknown = [m for m in own.transfer.ensemble if m not in {s.name for s in select_models(zoo, dataset, None)}]
+    unknown = [m for m in own.transfer.ensemble if m not in declared]
     if unknown:
         raise UserError(f"suite {own.name!r}: transfer ensemble member(s) {', '.join(unknown)} are not zoo models "
-                        f"for {dataset}; valid: {', '.join(s.name for s in select_models(zoo, dataset, None))}")
+                        f"for {dataset}; valid: {', '.join(declared)}")
     seeds = list(seeds)
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(f"seeds must be distinct non-negative integers, got {seeds}")

@@ -28,7 +28,7 @@ from robustbench_sparse.pipeline import BenchmarkResult, Echo, _quiet, executor_
 from robustbench_sparse.report import build_report
 from robustbench_sparse.runtime import UserError
 from robustbench_sparse.transfer import run_transfer
-from robustbench_sparse.zoo import ModelSpec, load_zoo, select_models
+from robustbench_sparse.zoo import ModelSpec, load_zoo
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RANDOM_TOLERANCE = 1e-4  # AutoAttack's checks.py: outputs of one input differing by more are "randomised"
@@ -104,7 +104,7 @@ def evaluate_model(
     dataset: str = "mnist5k",
     suite: str = "standard",
     name: str = "my-model",
-    compare: Iterable[str] | None = None,
+    compare: str | Iterable[str] | None = None,
     seed: int = 0,
     device: str = "auto",
     backend: str | None = None,
@@ -126,9 +126,9 @@ def evaluate_model(
     own = _models_by_seed(model, seed)
     if not isinstance(name, str) or not _NAME.match(name) or name == ENSEMBLE:
         raise UserError(f"name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (not {ENSEMBLE!r})")
-    names = None if compare is None else list(compare)
+    names = None if compare is None else [compare] if isinstance(compare, str) else list(compare)
     setup = harness.prepare(dataset, suite, names or None, list(own), device, backend, home)
-    zoo_names = [s.name for s in select_models(load_zoo(setup.paths.zoo_spec), dataset, None)]
+    zoo_names = [n for n, by_dataset in load_zoo(setup.paths.zoo_spec).items() if dataset in by_dataset]
     if name in zoo_names:
         raise UserError(f"name {name!r} is a zoo model for {dataset}; choose another name")
     zoo_specs = [] if names == [] else setup.specs
@@ -141,7 +141,8 @@ def evaluate_model(
         if problems:
             where = f"{name}" + (f" (seed {seed})" if len(own) > 1 else "")
             raise UserError(f"{where} cannot be benchmarked: " + "; ".join(problems))
-        external[(name, seed)] = (module_identity(module), pack_module(module))
+        packed = pack_module(module)
+        external[(name, seed)] = (module_identity(module), packed)
     first = next(iter(own.values()))
     spec = ModelSpec(name=name, family=EXTERNAL, datasets=(dataset,),
                      description=f"brought as an object: {type(first).__module__}.{type(first).__qualname__}")

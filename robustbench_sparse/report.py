@@ -33,7 +33,7 @@ from robustbench_sparse.executor import ENSEMBLE
 from robustbench_sparse.runtime import Paths, UserError, atomic_write_text, generator, library_versions, stable_seed
 from robustbench_sparse.stats import compare_to_reference, reference_model
 from robustbench_sparse.suites import Suite
-from robustbench_sparse.tables import accuracies, seed_stats, summary
+from robustbench_sparse.tables import accuracies, paper_pixel, seed_stats, summary
 from robustbench_sparse.transfer import transfer_cells, transfer_matrix
 
 SEEDS_NOTE = "; with several training seeds: mean ± std over seeds"
@@ -232,10 +232,20 @@ def corruption_table(white: pd.DataFrame, reference: str) -> pd.DataFrame:
     table.columns = [f"{c} %" for c in table.columns]
     error = part.assign(error=1 - part["accuracy"])
     table["mean corruption error %"] = seed_stats(error, ["model"], value="error")
-    summed = error.groupby(["model", "evaluation"], sort=False)["error"].sum().unstack("evaluation")
-    if reference in summed.index:
-        ratio = (summed / summed.loc[reference].replace(0, np.nan)) * 100
-        table[f"mCE vs {reference} (100 = same)"] = ratio.mean(axis=1).round(1)
+    # ImageNet-C's CE: errors summed over the severities, each first averaged over the seeds, and
+    # only over the severities both the model and the reference have.
+    mean_error = error.groupby(["model", "evaluation", "strength"], sort=False)["error"].mean()
+    if reference in mean_error.index.get_level_values("model"):
+        base = mean_error.xs(reference, level="model")
+        ratios = {}
+        for model in models:
+            mine = mean_error.xs(model, level="model")
+            shared = mine.index.intersection(base.index)
+            summed_mine = mine.loc[shared].groupby(level="evaluation").sum()
+            summed_base = base.loc[shared].groupby(level="evaluation").sum()
+            ratio = (summed_mine / summed_base[summed_base > 0]).dropna()  # a corruption dense never errs on: left out
+            ratios[model] = round(float(ratio.mean() * 100), 1) if len(ratio) else np.nan
+        table[f"mCE vs {reference} (100 = same)"] = pd.Series(ratios)
     table.index.name = "model"
     return table.reset_index()
 
@@ -319,17 +329,26 @@ def comparisons(white: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
     frame = pd.concat([own, worst], ignore_index=True) if not worst.empty else own
     table = compare_to_reference(frame[["evaluation", "strength", "model", "seed", "accuracy", "n", "flags"]])
     params = dict(zip(frame["evaluation"], frame["param"], strict=False))
+    kinds = dict(zip(frame["evaluation"], frame["kind"], strict=False))
     table.insert(2, "param", [params.get(e, "") for e in table["evaluation"]])
+    table.insert(3, "kind", [kinds.get(e, "") for e in table["evaluation"]])
     return table
 
 
-def answer(tests: pd.DataFrame, models: list[str], n: int) -> list[str]:
-    """Two or three sentences: which models differ significantly from the reference, under what
-    (the strength of the largest significant difference), and how that was tested."""
-    if tests.empty:
-        return [f"Only {models[0] if models else 'no model'} was evaluated: there is nothing to compare."]
-    ref = str(tests["reference"].iloc[0])
-    sig = tests[tests["significant"]]
+def answer(tests: pd.DataFrame, models: list[str], n: int, fired: dict[str, list[str]] | None = None) -> list[str]:
+    """Two to four sentences: which models have significantly higher or lower accuracy than the
+    reference under which perturbations (at how many of the strengths tested, and where the gap is
+    largest), their clean accuracy apart, a warning where a masking check fired for a model whose
+    attack numbers look better, and how it was tested. `fired`: model -> the masking checks that
+    fired for it."""
+    tested = tests[tests["p"].notna()] if not tests.empty else tests
+    if tested.empty:
+        return [f"Only {models[0] if models else 'no model'} was evaluated, or no comparison could be tested: "
+                "there is nothing to compare."]
+    ref = str(tested["reference"].iloc[0])
+    fired = fired or {}
+    robust = tested[tested["evaluation"] != "clean"]
+    sig = robust[robust["significant"]]
 
     def listing(part: pd.DataFrame) -> str:
         per_model = []
@@ -337,27 +356,38 @@ def answer(tests: pd.DataFrame, models: list[str], n: int) -> list[str]:
             items = []
             for evaluation, cell in rows.groupby("evaluation", sort=False):
                 top = cell.loc[cell["difference"].abs().idxmax()]
-                where = "" if evaluation == "clean" else f" at {_at(str(top['param']), float(top['strength']))}"
-                more = f", {len(cell)} strengths" if len(cell) > 1 else ""
-                items.append(f"{evaluation}{where} ({top['difference']:+.1f} points{more})")
-            per_model.append(f"{model} under {', '.join(items)}")
+                of = int((robust["model"].eq(model) & robust["evaluation"].eq(evaluation)).sum())
+                items.append(f"{evaluation} ({len(cell)} of {of} strengths, largest at "
+                             f"{_at(str(top['param']), float(top['strength']))}: {top['difference']:+.1f} points)")
+            attacked = rows["kind"].isin([*ATTACKS, "worst"]).any()
+            warning = (f" - but masking checks fired for {model} ({', '.join(fired[model])}), so its numbers "
+                       "under attack may overstate its robustness" if attacked and fired.get(model) else "")
+            per_model.append(f"{model} under {', '.join(items)}{warning}")
         return "; ".join(per_model)
 
     better, worse = sig[sig["difference"] > 0], sig[sig["difference"] < 0]
     sentences = [
-        f"More robust than {ref}, significantly: {listing(better)}." if not better.empty
-        else f"No model is significantly more robust than {ref} under any evaluation.",
-        f"Less robust than {ref}, significantly: {listing(worse)}." if not worse.empty
-        else f"No model is significantly less robust than {ref} under any evaluation.",
+        f"Significantly higher accuracy than {ref}: {listing(better)}." if not better.empty
+        else f"No model has significantly higher accuracy than {ref} under any perturbation.",
+        f"Significantly lower accuracy than {ref}: {listing(worse)}." if not worse.empty
+        else f"No model has significantly lower accuracy than {ref} under any perturbation.",
     ]
-    quiet = [m for m in models if m != ref and m not in set(sig["model"])]
-    tests_used = sorted(set(tests["test"]))
+    clean = tested[(tested["evaluation"] == "clean") & tested["significant"]]
+    if not clean.empty:
+        sentences.append(f"Clean accuracy differs significantly from {ref}'s for "
+                         + ", ".join(f"{r.model} ({r.difference:+.1f} points)" for r in clean.itertuples())
+                         + ": a gap that confounds the comparisons above.")
+    compared = list(dict.fromkeys(tested["model"]))
+    quiet = [m for m in compared if m not in set(sig["model"])]
+    untested = [m for m in models if m != ref and m not in compared]
     how = {"McNemar exact": f"McNemar's exact test on the same {n} test images",
            "Welch t": "Welch's t-test over training seeds"}
-    tail = (f"Tests: {' and '.join(how.get(t, t) for t in tests_used)}, Holm-corrected over {len(tests)} "
-            f"comparisons (every evaluation at every strength, and the {WORST} at each ε), α = 0.05; "
-            "differences are in accuracy points.")
-    sentences.append((f"Not significantly different from {ref} anywhere: {', '.join(quiet)}. " if quiet else "")
+    tail = (f"Tests: {' and '.join(how.get(t, t) for t in sorted(set(tested['test'])))}, Holm-corrected over the "
+            f"{len(tested)} comparisons tested (every perturbation at every strength, and the {WORST} at each "
+            "ε), α = 0.05; differences in accuracy points.")
+    sentences.append((f"No significant difference from {ref} under any perturbation: {', '.join(quiet)}. "
+                      if quiet else "")
+                     + (f"Not compared (no results beside {ref}'s): {', '.join(untested)}. " if untested else "")
                      + tail)
     return sentences
 
@@ -464,7 +494,7 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
                                  f"{', '.join(plan.suite.transfer.ensemble) or 'no models'}.",
                                  matrix.reset_index()))
     if not tests.empty:
-        shown = tests.drop(columns=["reference", "param"]).assign(
+        shown = tests.drop(columns=["reference", "param", "kind"]).assign(
             difference=tests["difference"].round(2), p=tests["p"].map(_p), **{"p (Holm)": tests["p (Holm)"].map(_p)})
         sections.append((f"Differences from {ref}", f"Every comparison behind the * marks and the opening "
                          f"sentences: accuracy of each model minus {ref}'s (points), the test, its p-value and "
@@ -482,8 +512,10 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
         figures += plot_corruptions(plan.test_set()[0][:1], plan.suite.seed, figures_dir)
     if not moves.empty:
         figures += plot_transfer(moves, figures_dir)
+    fired_by_model = {m: sorted({c.split(". ", 1)[1] for c in rows["check"]})
+                      for m, rows in checks[checks["status"] == "fired"].groupby("model", sort=False)}
     page = Page(f"robustbench-sparse: {plan.info.name}, suite {plan.setup.run_name}",
-                answer(tests, models, plan.n), _header(plan), sections, figures, missing)
+                answer(tests, models, plan.n, fired_by_model), _header(plan), sections, figures, missing)
     written: dict[str, Path] = {}
     if "markdown" in formats:
         written["markdown"] = folder / "report.md"
@@ -636,7 +668,8 @@ def latex_table(table: pd.DataFrame) -> str:
     text width when it has many columns."""
     frame = table.copy()
     frame.columns = [str(c) for c in frame.columns]
-    styler = frame.style.hide(axis="index").format(escape="latex", na_rep="", precision=2)
+    styler = frame.style.hide(axis="index").format(
+        lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v), escape="latex")
     styler = styler.format_index(escape="latex", axis=1)
     body = _tex_symbols(styler.to_latex(hrules=True, column_format="l" + "r" * (len(frame.columns) - 1)))
     if len(frame.columns) > 6:
@@ -695,7 +728,7 @@ def card_entry(plan: harness.Plan, model: str, white: pd.DataFrame, everything: 
         strongest = best[best["strength"] == eps]["strongest single attack"]
         robust.append({"eps": float(eps), "accuracy": mean, "std": std, "attacks": int(rows["attacks"].max()),
                        "strongest_single_attack": ", ".join(dict.fromkeys(strongest)) or None})
-    pixel = own[own["kind"] == "pixel"]
+    pixel = paper_pixel(own)
     noise = pixel.groupby("seed")["correct"].sum() if not pixel.empty else pd.Series(dtype=float)
     mine = tests[tests["model"] == model]
     clean_mean, clean_std = _mean_std(clean) if not clean.empty else (None, None)
@@ -738,6 +771,8 @@ def write_cards(plan: harness.Plan, white: pd.DataFrame, everything: pd.DataFram
     for spec in plan.specs:
         if spec.name not in set(white["model"]):
             continue
+        if plan.setup.label and spec.family != EXTERNAL:
+            continue  # a run with a model of one's own leaves the zoo's cards as they are
         path = folder / f"{spec.name}.json"
         doc = json.loads(path.read_text()) if path.exists() else {}
         if doc.get("format") != CARD_FORMAT:
@@ -757,7 +792,8 @@ def write_cards(plan: harness.Plan, white: pd.DataFrame, everything: pd.DataFram
 def build_index(paths: Paths) -> Path:
     """reports/index.html: every dataset and run present, each with its overview table and a link."""
     root = paths.home / "reports"
-    runs = sorted(p.parent.parent for p in root.glob("*/*/tables/overview.csv") if (p.parent.parent / "report.html").exists())
+    runs = sorted(p.parent.parent for p in root.glob("*/*/tables/overview.csv")
+                  if any((p.parent.parent / f"report.{x}").exists() for x in ("html", "tex")))
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<title>robustbench-sparse reports</title><style>{CSS}</style></head><body>",
@@ -769,7 +805,7 @@ def build_index(paths: Paths) -> Path:
         parts.append(f"<h2>{html.escape(dataset)}</h2>")
         for run in (r for r in runs if r.parent.name == dataset):
             table = pd.read_csv(run / "tables" / "overview.csv")
-            link = f"{dataset}/{run.name}/report.html"
+            link = f"{dataset}/{run.name}/report.{'html' if (run / 'report.html').exists() else 'tex'}"
             parts.append(f"<h3><a href='{html.escape(link)}'>{html.escape(run.name)}</a></h3>")
             parts.append("<div class='scroll'>" + table.to_html(index=False, na_rep="", border=0) + "</div>")
     parts.append("</body></html>")

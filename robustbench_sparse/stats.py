@@ -1,10 +1,10 @@
 """Whether a difference between two models is real: tests against a reference model (`dense`).
 
 For each model and each (evaluation, strength) the accuracy difference from the reference is tested
-- across training seeds, when both models have at least two: Welch's t over the per-seed accuracies
-  (`scipy.stats.ttest_ind(equal_var=False)`);
-- otherwise within the seed, paired over the same test images: McNemar's exact test on the
-  per-image correctness (`statsmodels`' `mcnemar`), the images of every common seed pooled.
+- across training seeds, when both models have at least two whose accuracies vary: Welch's t over
+  the per-seed accuracies (`scipy.stats.ttest_ind(equal_var=False)`);
+- otherwise paired over the same test images: McNemar's exact test on the per-image correctness
+  (`statsmodels`' `mcnemar`), the images of every seed both models have pooled.
 The p-values of one table are corrected together with Holm's method (`statsmodels`'
 `multipletests`), and a difference is significant when the corrected p is below 0.05.
 """
@@ -32,25 +32,33 @@ def _flags(rows: pd.DataFrame) -> dict[int, np.ndarray]:
     return {int(r.seed): decode_flags(r.flags, int(r.n)) for r in rows.itertuples(index=False)}
 
 
-def _test(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, str, float]:
-    """(difference in points, test name, p) of `mine` against `ref`: rows of one cell per seed."""
-    a = mine.groupby("seed")["accuracy"].mean() * 100
-    b = ref.groupby("seed")["accuracy"].mean() * 100
-    difference = float(a.mean() - b.mean())
-    if len(a) >= 2 and len(b) >= 2:
-        if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
-            return difference, "Welch t", 1.0 if difference == 0 else 0.0
-        return difference, "Welch t", float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+def _mcnemar(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, str, float]:
+    """Paired over the same test images, the images of every seed both models have pooled; the
+    difference is taken over exactly those images."""
     fa, fb = _flags(mine), _flags(ref)
     common = sorted(set(fa) & set(fb))
     if not common:
-        return difference, "none (no common seed)", float("nan")
+        return float("nan"), "none (no common seed)", float("nan")
     x = np.concatenate([fa[s] for s in common])
     y = np.concatenate([fb[s] for s in common])
+    difference = float(x.mean() - y.mean()) * 100
+    # only the discordant pairs (x right, y wrong) and (x wrong, y right) enter the exact test
     table = [[int((x & y).sum()), int((x & ~y).sum())], [int((~x & y).sum()), int((~x & ~y).sum())]]
     if table[0][1] + table[1][0] == 0:
         return difference, "McNemar exact", 1.0
     return difference, "McNemar exact", float(mcnemar(table, exact=True).pvalue)
+
+
+def _test(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, str, float]:
+    """(difference in points, test name, p) of `mine` against `ref`: rows of one cell per seed.
+    Welch's t over seeds where both have at least two and the per-seed accuracies vary; else
+    McNemar's test over the images of the common seeds (with no spread over seeds, Welch's t is
+    undefined, and calling such a difference certain would be wrong)."""
+    a = mine.groupby("seed")["accuracy"].mean() * 100
+    b = ref.groupby("seed")["accuracy"].mean() * 100
+    if len(a) >= 2 and len(b) >= 2 and (a.std(ddof=1) > 0 or b.std(ddof=1) > 0):
+        return float(a.mean() - b.mean()), "Welch t", float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return _mcnemar(mine, ref)
 
 
 def compare_to_reference(records: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:

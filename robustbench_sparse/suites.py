@@ -5,6 +5,7 @@
     seed = 0                 # seeds every random draw of the evaluation
     batch_size = 500
     prune = true             # default of the attacks' `prune`: sweep eps upwards, attack only survivors
+    models = ["dense"]       # optional: the models run when --models is not given (default: the zoo's)
 
     [[evaluations]]
     kind = "pgd"             # see `rbs evaluations`
@@ -99,6 +100,7 @@ class Suite:
     evaluations: tuple[Evaluation, ...]
     source: str
     transfer: TransferPlan = TransferPlan((), None, ())
+    models: tuple[str, ...] = ()  # the models it runs when none are named (default: the zoo's default set)
 
     def transfer_cells(self) -> list[tuple[Evaluation, float]]:
         """(attack evaluation, strength) pairs that `rbs transfer` crafts and moves between models,
@@ -138,7 +140,7 @@ def suite_path(paths: Paths, name: str) -> Path:
     return path
 
 
-_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "prune", "evaluations", "transfer"}
+_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "prune", "evaluations", "transfer", "models"}
 
 
 def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Suite:
@@ -186,7 +188,11 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
     if not isinstance(transfer_raw, dict):
         raise UserError(f"{where}: `transfer` must be a table ([transfer])")
     transfer = _transfer(dict(transfer_raw), attack_names, evaluations, where)
-    return Suite(name, doc.get("description", ""), test_size, seed, batch_size, tuple(evaluations), source, transfer)
+    models = doc.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise UserError(f'{where}: models must be a list of zoo model names, e.g. models = ["dense", "kwinner"]')
+    return Suite(name, doc.get("description", ""), test_size, seed, batch_size, tuple(evaluations), source, transfer,
+                 tuple(models))
 
 
 def _transfer(raw: dict[str, Any], attack_names: list[str], evaluations: list[Evaluation], where: str) -> TransferPlan:

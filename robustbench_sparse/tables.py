@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from robustbench_sparse.diagnostics import check_summary, masking_checks
-from robustbench_sparse.evaluations import ACCURACY
+from robustbench_sparse.evaluations import ACCURACY, parse_spec
 
 
 def _fmt(mean: float, std: float, count: int, digits: int) -> float | str:
@@ -27,9 +27,17 @@ def seed_stats(frame: pd.DataFrame, keys: list[str], value: str = "accuracy", sc
     return pd.Series([_fmt(m, s, c, digits) for m, s, c in stats.itertuples(index=False)], index=stats.index)
 
 
+def paper_pixel(df: pd.DataFrame) -> pd.DataFrame:
+    """The records of the paper's pixel noise (fill = mean + 2 std), not the forum's variants."""
+    pixel = df[df["kind"] == "pixel"]
+    if "spec" not in pixel.columns or pixel.empty:
+        return pixel
+    return pixel[pixel["spec"].map(lambda s: parse_spec(s)[1].get("fill", "paper") == "paper").astype(bool)]
+
+
 def noise_scores(df: pd.DataFrame) -> pd.Series:
     """The paper's noise score per model: total correct over every pixel-noise level."""
-    pixel = df[df["kind"] == "pixel"]
+    pixel = paper_pixel(df)
     if pixel.empty:
         return pd.Series(dtype=object, name="noise score")
     return seed_stats(pixel, ["model"], "correct", scale=1.0, digits=0, reduce="sum").rename("noise score")
@@ -52,7 +60,7 @@ def summary(df: pd.DataFrame, num_classes: int = 10) -> pd.DataFrame:
         table[column] = seed_stats(group[group["strength"] == top], ["model"])
     scores = noise_scores(own)
     if not scores.empty:
-        pixel = own[own["kind"] == "pixel"]
+        pixel = paper_pixel(own)
         levels = pixel.groupby("evaluation")["strength"].nunique().sum()
         table[f"noise score (max {levels * int(pixel['n'].max())})"] = scores
     checks = masking_checks(df, num_classes)

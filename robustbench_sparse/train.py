@@ -41,6 +41,14 @@ def clean_accuracy(model: nn.Module, data: Dataset, device: torch.device) -> flo
     return (predict(model, data.test_x, device) == data.test_y).float().mean().item()
 
 
+def validation_accuracy(model: nn.Module, data: Dataset, device: torch.device) -> float | None:
+    """Accuracy on the dataset's validation split (None where it has none): the number to choose
+    recipes by."""
+    if not len(data.val_y):
+        return None
+    return (predict(model, data.val_x, device) == data.val_y).float().mean().item()
+
+
 def train_model(spec: ModelSpec, data: Dataset, seed: int, device: torch.device) -> nn.Module:
     """SGD with the learning rate x lr_gamma after each epoch; the first epoch may use a smaller
     batch (lets k-winner duty cycles settle); sparse weights re-zeroed after every step; boost
@@ -112,7 +120,7 @@ def train_zoo(
         for spec, seed, model, seconds in runner.train(todo, data, device):
             manifest = save_checkpoint(
                 paths, spec, dataset, seed, model, clean_accuracy(model, data, device),
-                len(data.test_x), seconds, str(device),
+                len(data.test_x), seconds, str(device), validation_accuracy(model, data, device),
             )
             action = {
                 "trained": "retrained (--force)",

@@ -22,10 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_sparse.data import DATASETS, DatasetInfo
+from robustbench_sparse.data import DATASETS, DatasetInfo, split_version
 from robustbench_sparse.layers import InputConv2d
 from robustbench_sparse.runtime import UserError
 from robustbench_sparse.sparse import KWinners, KWinners2d, SparseWeights
+
+NOT_WEIGHTS = ("description", "datasets", "selected_by_default")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ModelSpec:
     family: str = "cnn"
     datasets: tuple[str, ...] = ("mnist5k", "mnist", "fashion-mnist")
     description: str = ""
+    # false: the variant runs only when named (`--models`, or a suite's `models`), not in every run
+    selected_by_default: bool = True
     # architecture
     channels: tuple[int, ...] = (30, 30)
     kernel_size: int = 5
@@ -63,11 +67,15 @@ class ModelSpec:
 
     def config_hash(self, dataset: str) -> str:
         """Identifies a trained checkpoint: every setting that changes the weights, and the data.
-        The description and the list of datasets a variant is declared for change no weight."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("description", "datasets")}
+        The description, the datasets a variant is declared for and whether it runs by default
+        change no weight."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_WEIGHTS}
         if is_import_path(self.family):  # the builder's code lives outside this package: editing it retrains
             settings["family_source"] = family_source_hash(self.family)
-        payload = json.dumps({"spec": settings, "dataset": dataset}, sort_keys=True)
+        identity: dict[str, Any] = {"spec": settings, "dataset": dataset}
+        if split_version(dataset):  # the training images: the official set less a validation split
+            identity["split"] = split_version(dataset)
+        payload = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def summary(self) -> dict[str, Any]:
@@ -149,7 +157,7 @@ def parse_zoo(text: str, source: str = "zoo.toml") -> dict[str, dict[str, ModelS
                         f"{source}: [{name}.{key}]: {key!r} is not a dataset; valid: {', '.join(DATASETS)}"
                     )
                 bad = set(value) - SPEC_FIELDS - {"datasets", "family"}
-                bad |= set(value) & {"datasets", "family"}
+                bad |= set(value) & {"datasets", "family", "selected_by_default"}
             elif key == "base" or key in SPEC_FIELDS:
                 continue
             else:
@@ -209,12 +217,15 @@ def load_zoo(path: Path) -> dict[str, dict[str, ModelSpec]]:
 def select_models(
     zoo: dict[str, dict[str, ModelSpec]], dataset: str, names: list[str] | None = None
 ) -> list[ModelSpec]:
-    """The zoo's models for a dataset, or the named ones (checked, valid names listed on error)."""
+    """The zoo's models for a dataset (those `selected_by_default`), or the named ones (any
+    declared for the dataset; checked, valid names listed on error)."""
     available = {name: by_dataset[dataset] for name, by_dataset in zoo.items() if dataset in by_dataset}
     if not names:
-        if not available:
-            raise UserError(f"the zoo declares no model for dataset {dataset!r}")
-        return list(available.values())
+        default = [spec for spec in available.values() if spec.selected_by_default]
+        if not default:
+            raise UserError(f"the zoo declares no model for dataset {dataset!r} that runs by default"
+                            + (f"; name some with --models: {', '.join(available)}" if available else ""))
+        return default
     unknown = [n for n in names if n not in available]
     if unknown:
         raise UserError(

@@ -49,6 +49,34 @@ first_epoch_batch_size = 8
 base = "kwinner-boost"
 boost_strength = 0.0
 boost_strength_factor = 1.0
+
+# Table 1's other six networks (the `table1` suite names them), tiny, run only when named.
+[models.dense-cnn1]
+channels = [4]
+conv_percent_on = [1.0]
+selected_by_default = false
+[models.sparse-cnn1]
+base = "kwinner-boost"
+channels = [4]
+conv_percent_on = [0.2]
+selected_by_default = false
+[models.dense-cnn2-sp3]
+base = "kwinner-boost"
+conv_percent_on = [1.0, 1.0]
+selected_by_default = false
+[models.sparse-cnn2-d3]
+base = "kwinner-boost"
+hidden_percent_on = 1.0
+weight_density = 1.0
+selected_by_default = false
+[models.sparse-cnn2-w1]
+base = "kwinner-boost"
+weight_density = 1.0
+selected_by_default = false
+[models.sparse-cnn2-dsw]
+base = "kwinner-boost"
+hidden_percent_on = 1.0
+selected_by_default = false
 """
 
 
@@ -66,9 +94,10 @@ def tiny_home(tmp_path: Path) -> Paths:
 
 @pytest.fixture(scope="session")
 def trained_home(tmp_path_factory: pytest.TempPathFactory, small_mnist: Dataset) -> Paths:
-    """The tiny zoo trained once per test session (seed 0). Tests must not retrain it."""
+    """The tiny zoo trained once per test session (seed 0), every model. Tests must not retrain it."""
     paths = make_home(tmp_path_factory.mktemp("trained"))
-    specs = select_models(load_zoo(paths.zoo_spec), "mnist5k")
+    zoo = load_zoo(paths.zoo_spec)
+    specs = select_models(zoo, "mnist5k", list(zoo))  # every model, those run only when named too
     train_zoo(paths, specs, "mnist5k", lambda: small_mnist, [0], torch.device("cpu"))
     return paths
 

@@ -86,16 +86,25 @@ def expected_gray(x: np.ndarray) -> torch.Tensor:
 
 
 def assert_matches(ds: data.Dataset, parts: list, expect) -> None:
+    """The loaded set is the written files: the test set as it is, the training images split
+    by the documented seed into train and validation."""
     (trx, try_), (tex, tey) = parts
     assert ds.train_x.dtype == torch.float32 and ds.test_x.dtype == torch.float32
     assert ds.train_y.dtype == torch.int64 and ds.test_y.dtype == torch.int64
-    assert tuple(ds.train_x.shape) == (len(trx), *ds.info.shape)
+    n = len(trx)
+    n_val = round(n * data.VALIDATION_SHARE[ds.info.name])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(data.VALIDATION_SEED))
+    assert tuple(ds.train_x.shape) == (n - n_val, *ds.info.shape) and len(ds.val_x) == n_val
     assert tuple(ds.test_x.shape) == (len(tex), *ds.info.shape)
-    assert torch.equal(ds.train_x, expect(trx))
+    train = expect(trx)
+    labels = torch.as_tensor(try_.tolist())
+    assert torch.equal(ds.train_x, train[order[n_val:]]) and torch.equal(ds.val_x, train[order[:n_val]])
     assert torch.equal(ds.test_x, expect(tex))
-    assert ds.train_y.tolist() == try_.tolist()
+    assert ds.train_y.tolist() == labels[order[n_val:]].tolist()
+    assert ds.val_y.tolist() == labels[order[:n_val]].tolist()
     assert ds.test_y.tolist() == tey.tolist()
-    assert float(ds.train_x.min()) == 0.0 and float(ds.train_x.max()) == 1.0
+    both = torch.cat([ds.train_x, ds.val_x])
+    assert float(both.min()) == 0.0 and float(both.max()) == 1.0
 
 
 # --- registry -----------------------------------------------------------------------------------
@@ -183,7 +192,7 @@ def test_mnist_torchvision_layout(tmp_path):
     ds = data.load_dataset("mnist", data_root=tmp_path)
     assert_matches(ds, parts, expected_gray)
     assert ds.source == str(tmp_path / "MNIST" / "raw")
-    assert "20 train / 10 test" in ds.split
+    assert "official test set (10)" in ds.split and "split by seed 0 into 17 train / 3 validation" in ds.split
 
 
 def test_mnist_gz_files_are_unpacked(tmp_path):
@@ -228,10 +237,12 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
 def test_fashion_mnist_real_debian_package(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", Path("/usr/share/datasets/fashion-mnist"))
     ds = data.load_dataset("fashion-mnist", data_root=tmp_path / "empty")
-    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
-    assert torch.bincount(ds.train_y).tolist() == [6000] * 10
-    assert abs(float(ds.train_x.mean()) - ds.info.mean[0]) < 1e-3
-    assert abs(float(ds.train_x.std()) - ds.info.std[0]) < 1e-3
+    assert ds.train_x.shape == (50000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert ds.val_x.shape == (10000, 1, 28, 28)  # the seeded validation split: 10,000 training images
+    assert torch.bincount(torch.cat([ds.train_y, ds.val_y])).tolist() == [6000] * 10
+    everything = torch.cat([ds.train_x, ds.val_x])
+    assert abs(float(everything.mean()) - ds.info.mean[0]) < 1e-3
+    assert abs(float(everything.std()) - ds.info.std[0]) < 1e-3
 
 
 def test_damaged_idx_file_is_a_user_error(tmp_path):
@@ -285,7 +296,7 @@ def test_cifar10_torchvision_layout(tmp_path, no_cifar_md5):
     assert_matches(ds, parts, expect)
     assert ds.source == str(tmp_path / "cifar-10-batches-py")
     # Channel order: the red plane of image 2 is the first 1024 values of its on-disk row.
-    assert torch.equal(ds.train_x[2, 0], torch.from_numpy(parts[0][0][2, :, :, 0]).float() / 255)
+    assert torch.equal(ds.test_x[2, 0], torch.from_numpy(parts[1][0][2, :, :, 0]).float() / 255)
 
 
 def test_cifar10_checksum_mismatch_is_a_user_error(tmp_path):

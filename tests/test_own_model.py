@@ -309,3 +309,52 @@ def test_the_readme_example_runs_as_written(trained_home, tmp_path, monkeypatch,
     assert list(overview["model"]) == ["dense", "kwinner-boost", "my-mlp"]
     mlp = overview.set_index("model").loc["my-mlp"]
     assert mlp["clean %"] > 80
+
+
+def test_identity_follows_weights_settings_and_code_not_the_process():
+    from robustbench_sparse.checkpoints import module_identity
+
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.k = 5
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x) * self.k
+
+    torch.manual_seed(0)
+    net = Gate()
+    first = module_identity(net)
+    assert module_identity(net) == first  # stable
+    net.k = 6  # a setting the forward uses, not in the state_dict
+    assert module_identity(net) != first
+    net.k = 5
+    assert module_identity(net) == first
+    with torch.no_grad():
+        net.linear.bias += 1
+    assert module_identity(net) != first
+
+
+def test_zoo_cards_are_left_alone_and_compare_takes_one_name(home, small_mnist):
+    net = trained_mlp(small_mnist)
+    cards = home.reports("mnist5k") / "cards"
+    result = evaluate_model(net, suite="own", name="tiny-mlp", compare="dense", device="cpu", home=home.home)
+    assert set(result.records["model"]) == {"dense", "tiny-mlp"}
+    assert sorted(p.stem for p in cards.glob("*.json")) == ["tiny-mlp"]
+
+
+def test_bpda_leaves_a_wrapper_with_a_bpda_attribute_alone():
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bpda = "my own setting"
+            self.body = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    model = Wrapper()
+    with bpda_backward(model, "relu"):
+        assert model.bpda == "my own setting"
+    assert model.bpda == "my own setting"

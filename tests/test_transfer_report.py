@@ -268,3 +268,56 @@ def test_rank_changes_name_real_reorderings_not_ties():
     assert not any(c.startswith("dense") for c in changes)
     same = means.assign(worst=means["pgd"], **{"rank (worst case)": means["rank (PGD)"]})
     assert _rank_changes(same) == []
+
+
+def test_constant_per_seed_accuracies_are_not_called_certain():
+    """Two seeds each, no spread over seeds: Welch's t is undefined, so the paired test decides."""
+    import numpy as np
+
+    from robustbench_sparse.cells import encode_flags
+    from robustbench_sparse.stats import compare_to_reference
+
+    rows = []
+    for model, right in (("dense", 50), ("kwinner", 51)):
+        for seed in (0, 1):
+            flags = np.zeros(100, dtype=bool)
+            flags[:right] = True
+            import torch
+
+            rows.append({"evaluation": "pgd", "strength": 0.3, "model": model, "seed": seed,
+                         "accuracy": right / 100, "n": 100, "flags": encode_flags(torch.from_numpy(flags))})
+    table = compare_to_reference(pd.DataFrame(rows))
+    row = table.iloc[0]
+    assert row["test"] == "McNemar exact" and row["difference"] == pytest.approx(1.0)
+    assert row["p"] > 0.05 and not row["significant"]
+
+
+def test_answer_keeps_clean_apart_and_says_at_how_many_strengths():
+    from robustbench_sparse.report import answer
+
+    tests = pd.DataFrame([
+        {"evaluation": "clean", "strength": 0.0, "param": "", "kind": "clean", "model": "kwinner",
+         "reference": "dense", "difference": -1.5, "test": "McNemar exact", "p": 0.001, "p (Holm)": 0.002,
+         "significant": True},
+        {"evaluation": "pixel", "strength": 0.3, "param": "eta", "kind": "pixel", "model": "kwinner",
+         "reference": "dense", "difference": 9.0, "test": "McNemar exact", "p": 0.0001, "p (Holm)": 0.0003,
+         "significant": True},
+        {"evaluation": "pixel", "strength": 0.1, "param": "eta", "kind": "pixel", "model": "kwinner",
+         "reference": "dense", "difference": 1.0, "test": "McNemar exact", "p": 0.3, "p (Holm)": 0.6,
+         "significant": False},
+        {"evaluation": "pgd", "strength": 0.1, "param": "eps", "kind": "pgd", "model": "kwinner",
+         "reference": "dense", "difference": 12.0, "test": "McNemar exact", "p": 0.0001, "p (Holm)": 0.0004,
+         "significant": True},
+        {"evaluation": "pgd", "strength": 0.1, "param": "eps", "kind": "pgd", "model": "dropout",
+         "reference": "dense", "difference": 0.5, "test": "McNemar exact", "p": 0.5, "p (Holm)": 1.0,
+         "significant": False},
+    ])
+    text = " ".join(answer(tests, ["dense", "kwinner", "dropout", "batchnorm"], 100,
+                           {"kwinner": ["BPDA beats plain gradients"]}))
+    assert "Significantly higher accuracy than dense: kwinner under pixel (1 of 2 strengths" in text
+    assert "masking checks fired for kwinner (BPDA beats plain gradients)" in text
+    assert "Clean accuracy differs significantly from dense's for kwinner (-1.5 points)" in text
+    assert "under clean" not in text
+    assert "No significant difference from dense under any perturbation: dropout." in text
+    assert "Not compared (no results beside dense's): batchnorm." in text
+    assert "Holm-corrected over the 5 comparisons tested" in text
