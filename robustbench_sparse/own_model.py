@@ -24,10 +24,9 @@ from robustbench_sparse import harness
 from robustbench_sparse.checkpoints import EXTERNAL, module_identity, pack_module
 from robustbench_sparse.data import DatasetInfo, default_data_root, load_dataset
 from robustbench_sparse.executor import ENSEMBLE, Executor
-from robustbench_sparse.pipeline import BenchmarkResult, Echo, _quiet, executor_for, train_missing
+from robustbench_sparse.pipeline import BenchmarkResult, Echo, _quiet, executor_for, train_missing, transfer_step
 from robustbench_sparse.report import build_report
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.transfer import run_transfer
 from robustbench_sparse.zoo import ModelSpec, load_zoo
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -159,11 +158,7 @@ def evaluate_model(
         say(f"2/4 evaluate (suite {setup.run_name!r}, {the_plan.n} test images)")
         frame = harness.run(the_plan, executor=runner)
         harness.export(frame, the_plan, "records")
-        moves = None
-        if the_plan.suite.transfer_cells():
-            say("3/4 transfer")
-            moves = run_transfer(the_plan, executor=runner)
-            harness.export(moves, the_plan, "transfer")
+        moves = transfer_step(the_plan, runner, say)
     say("4/4 report")
     return BenchmarkResult(the_plan, frame, moves, build_report(the_plan))
 

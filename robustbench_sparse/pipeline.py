@@ -105,15 +105,20 @@ def benchmark(
     setup = harness.prepare(dataset, suite, models, seeds, device, backend, home)
     with executor_for(executor) as runner:
         the_plan, frame = _train_and_evaluate(setup, data_root, download, runner, echo, step="1-2/4 ")
-        moves = None
-        if the_plan.suite.transfer_cells():
-            echo("3/4 transfer")
-            moves = run_transfer(the_plan, executor=runner)
-            harness.export(moves, the_plan, "transfer")
-        else:
-            echo("3/4 transfer: the suite declares none")
+        moves = transfer_step(the_plan, runner, echo)
     echo("4/4 report")
     return BenchmarkResult(the_plan, frame, moves, build_report(the_plan))
+
+
+def transfer_step(plan: harness.Plan, runner: Executor, echo: Echo) -> pd.DataFrame | None:
+    """The suite's transfer attacks, exported beside the records (None when it declares none)."""
+    if not plan.suite.transfer_cells():
+        echo("3/4 transfer: the suite declares none")
+        return None
+    echo("3/4 transfer")
+    moves = run_transfer(plan, executor=runner)
+    harness.export(moves, plan, "transfer")
+    return moves
 
 
 def baseline(
