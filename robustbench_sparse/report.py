@@ -353,12 +353,12 @@ def answer(tests: pd.DataFrame, models: list[str], n: int, fired: dict[str, list
     def listing(part: pd.DataFrame) -> str:
         per_model = []
         for model, rows in part.groupby("model", sort=False):
-            items = []
-            for evaluation, cell in rows.groupby("evaluation", sort=False):
-                top = cell.loc[cell["difference"].abs().idxmax()]
-                of = int((robust["model"].eq(model) & robust["evaluation"].eq(evaluation)).sum())
-                items.append(f"{evaluation} ({len(cell)} of {of} strengths, largest at "
-                             f"{_at(str(top['param']), float(top['strength']))}: {top['difference']:+.1f} points)")
+            evaluations = list(dict.fromkeys(rows["evaluation"]))
+            of = int((robust["model"].eq(model) & robust["evaluation"].isin(evaluations)).sum())
+            top = rows.loc[rows["difference"].abs().idxmax()]
+            items = [f"{', '.join(evaluations)} (at {len(rows)} of their {of} strengths; largest: "
+                     f"{top['difference']:+.1f} points, {top['evaluation']} at "
+                     f"{_at(str(top['param']), float(top['strength']))})"]
             attacked = rows["kind"].isin([*ATTACKS, "worst"]).any()
             warning = (f" - but masking checks fired for {model} ({', '.join(fired[model])}), so its numbers "
                        "under attack may overstate its robustness" if attacked and fired.get(model) else "")

@@ -314,7 +314,8 @@ def test_answer_keeps_clean_apart_and_says_at_how_many_strengths():
     ])
     text = " ".join(answer(tests, ["dense", "kwinner", "dropout", "batchnorm"], 100,
                            {"kwinner": ["BPDA beats plain gradients"]}))
-    assert "Significantly higher accuracy than dense: kwinner under pixel (1 of 2 strengths" in text
+    assert ("Significantly higher accuracy than dense: kwinner under pixel, pgd (at 2 of their 3 strengths; "
+            "largest: +12.0 points, pgd at ε=0.1)") in text
     assert "masking checks fired for kwinner (BPDA beats plain gradients)" in text
     assert "Clean accuracy differs significantly from dense's for kwinner (-1.5 points)" in text
     assert "under clean" not in text
