@@ -597,6 +597,7 @@ def _markdown(page: Page, folder: Path) -> str:
 CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;line-height:1.45}"
        ".scroll{overflow-x:auto;max-width:100%;margin:.5em 0 1.5em}"
        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
+       "table.results td{white-space:nowrap}"  # a wide table scrolls in its box rather than growing tall rows
        "th{background:#eee}img{max-width:100%;display:block;margin:1em 0}"
        ".answer{font-size:1.1em;background:#f4f8ff;border-left:4px solid #36c;padding:.6em 1em}"
        ".meta td{text-align:left;overflow-wrap:anywhere}.meta th{text-align:left;white-space:nowrap}")
