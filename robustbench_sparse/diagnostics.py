@@ -15,8 +15,8 @@ and AutoAttack's own (`autoattack/checks.py`):
 7. randomised model: one input, different outputs over 5 forward passes (needs EOT, not PGD);
 8. probability outputs: rows in [0, 1] summing to 1 (a loss on softmax saturates);
 9. zero gradients at the attack's start: dead input gradients at PGD's random start in the ball;
-10. AutoAttack beats PGD: AutoAttack or APGD below plain PGD by more than the tolerance (the PGD
-    number overstates robustness, as on k-WTA: 52.4% under PGD, 18.5% under AutoAttack).
+10. AutoAttack beats PGD: AutoAttack or APGD more than 5 points below plain PGD (the PGD number
+    overstates robustness, as on k-WTA: 52.4% under PGD, 18.5% under AutoAttack).
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ CHECK_OF = {
     "AutoAttack beats PGD": 10,
 }
 CHECKS = tuple(CHECK_OF)
+# Check 10: AutoAttack is the stronger attack, so it beats PGD-40 by a few points on any model
+# (on `mnist5k`'s dense net: 12% vs 15% at eps = 0.2 on 100 images); it fires when PGD overstates
+# robustness by more than this many points (the k-winner nets: 20-22% vs 32-33%).
+AUTOATTACK_TOLERANCE = 5.0
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,7 @@ def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, t
             continue
         ran.add(10)
         row = part.iloc[part["accuracy"].to_numpy().argmin()]
-        if row["accuracy"] * 100 < plain_at[eps] - tolerance:
+        if row["accuracy"] * 100 < plain_at[eps] - AUTOATTACK_TOLERANCE:
             flags.append(Flag(model, seed, "AutoAttack beats PGD",
                               f"{row['evaluation']} {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} at "
                               f"eps={eps:g}: the PGD number overstates robustness"))
