@@ -382,9 +382,10 @@ def answer(tests: pd.DataFrame, models: list[str], n: int, fired: dict[str, list
     untested = [m for m in models if m != ref and m not in compared]
     how = {"McNemar exact": f"McNemar's exact test on the same {n} test images",
            "Welch t": "Welch's t-test over training seeds"}
+    worst_too = f", and the {WORST} at each ε" if (tested["evaluation"] == WORST).any() else ""
     tail = (f"Tests: {' and '.join(how.get(t, t) for t in sorted(set(tested['test'])))}, Holm-corrected over the "
-            f"{len(tested)} comparisons tested (every perturbation at every strength, and the {WORST} at each "
-            "ε), α = 0.05; differences in accuracy points.")
+            f"{len(tested)} comparisons tested (every perturbation at every strength{worst_too}), α = 0.05; "
+            "differences in accuracy points.")
     sentences.append((f"No significant difference from {ref} under any perturbation: {', '.join(quiet)}. "
                       if quiet else "")
                      + (f"Not compared (no results beside {ref}'s): {', '.join(untested)}. " if untested else "")
@@ -480,7 +481,13 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
     if not_run:
         text += (" A check that did not run says nothing either way: run the `masking` suite "
                  f"(`rbs benchmark --suite masking`) for all {len(CHECK_NEEDS)}.")
-    sections.append(("Gradient-masking checks", text, checks))
+    if not checks.empty and (checks["status"] == "not run").all():  # e.g. a noise-only suite
+        text = (f"This suite runs nothing the {len(CHECK_NEEDS)} gradient-masking checks read (no attack, no "
+                "gradient, determinism or logits measurement): none could run, which says nothing either way. "
+                "Run the `masking` suite (`rbs benchmark --suite masking`) for all of them.")
+        sections.append(("Gradient-masking checks", text, pd.DataFrame()))
+    else:
+        sections.append(("Gradient-masking checks", text, checks))
     if not moves.empty:
         for evaluation in dict.fromkeys(moves["evaluation"]):
             for eps in sorted(moves.loc[moves["evaluation"] == evaluation, "strength"].unique()):
@@ -499,6 +506,9 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
         sections.append((f"Differences from {ref}", f"Every comparison behind the * marks and the opening "
                          f"sentences: accuracy of each model minus {ref}'s (points), the test, its p-value and "
                          "the Holm-corrected p over this table.", shown))
+    # a suite without attacks has no eps sweep and no worst case: no such sections
+    sections = [(t, x, tb) for t, x, tb in sections if not (tb is worst or t.startswith("Mean robust"))
+                or len(tb.columns) > 1]
     for title, _, table in sections:
         if not table.empty:  # the comparisons with their unrounded p-values
             (tests if title.startswith("Differences from") else table).to_csv(
