@@ -95,3 +95,32 @@ def test_manifest_records_config_seed_and_dataset(tiny_home, small_mnist):
     doc = json.loads(manifest_path(tiny_home, "mnist5k", "dropout", 7).read_text())
     assert doc["seed"] == 7 and doc["dataset"] == "mnist5k" and doc["config"]["dropout"] == 0.5
     assert doc["epochs"] == spec.epochs and doc["test_size"] == 200
+
+
+def test_train_prints_validation_accuracy_next_to_test_accuracy(tiny_home, small_mnist, monkeypatch):
+    """A full-size dataset has a validation split: `rbs train` shows and records its accuracy."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from robustbench_sparse import cli
+    from robustbench_sparse.checkpoints import read_manifest
+    from robustbench_sparse.data import dataset_info
+
+    fashion = dataclasses.replace(small_mnist, info=dataset_info("fashion-mnist"), train_x=small_mnist.train_x[200:],
+                                  train_y=small_mnist.train_y[200:], val_x=small_mnist.train_x[:200],
+                                  val_y=small_mnist.train_y[:200])
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: fashion)
+    result = CliRunner().invoke(cli.app, ["train", "--dataset", "fashion-mnist", "--models", "dense", "--device",
+                                          "cpu", "--home", str(tiny_home.home)])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "val acc %" in line)
+    assert header.index("val acc %") < header.index("test acc %")
+    manifest = read_manifest(tiny_home, "fashion-mnist", "dense", 0)
+    assert manifest.val_accuracy is not None and 0.5 < manifest.val_accuracy <= 1
+    # mnist5k has no validation split: no such column
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: small_mnist)
+    plain = CliRunner().invoke(cli.app, ["train", "--models", "dense", "--device", "cpu", "--home",
+                                         str(tiny_home.home)])
+    assert plain.exit_code == 0, plain.output
+    assert "val acc %" not in plain.output and "test acc %" in plain.output
