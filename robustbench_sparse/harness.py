@@ -201,9 +201,13 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
                 continue
             status = checkpoint_status(setup.paths, spec, dataset, seed)
             if status != "trained":
+                # name the models: `rbs train` alone trains only those selected by default
+                zoo = [s.name for s in setup.specs if s.family != EXTERNAL]
+                suite = "" if setup.suite.name == "standard" else f" --suite {setup.suite.name}"
                 raise UserError(
                     f"{spec.name} (seed {seed}) on {dataset} is {status}: run "
-                    f"`rbs train --dataset {dataset} --seeds {seed}` first (or `rbs benchmark`)"
+                    f"`rbs train --dataset {dataset} --models {','.join(zoo)} --seeds {seed}` first "
+                    f"(or `rbs benchmark{suite}`)"
                 )
             manifest = read_manifest(setup.paths, dataset, spec.name, seed)
             assert manifest is not None

@@ -23,6 +23,7 @@ from torch import nn
 from robustbench_sparse import harness
 from robustbench_sparse.checkpoints import EXTERNAL, module_identity, pack_module
 from robustbench_sparse.data import DatasetInfo, default_data_root, load_dataset
+from robustbench_sparse.evaluations import DETERMINISM_RUNS, RANDOM_TOLERANCE, deterministic_flags, probability_rows
 from robustbench_sparse.executor import ENSEMBLE, Executor
 from robustbench_sparse.pipeline import BenchmarkResult, Echo, _quiet, executor_for, train_missing, transfer_step
 from robustbench_sparse.report import build_report
@@ -30,23 +31,6 @@ from robustbench_sparse.runtime import UserError
 from robustbench_sparse.zoo import ModelSpec, load_zoo
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RANDOM_TOLERANCE = 1e-4  # AutoAttack's checks.py: outputs of one input differing by more are "randomised"
-
-
-def randomised(model: nn.Module, x: torch.Tensor, runs: int = 5) -> float:
-    """The largest difference between the outputs of `runs` forward passes on the same input (0 for
-    a deterministic model). AutoAttack's check for randomised defences, which need EOT."""
-    with torch.no_grad():
-        outs = [model(x) for _ in range(runs)]
-    return max(float((o - outs[0]).abs().max()) for o in outs[1:]) if runs > 1 else 0.0
-
-
-def probabilities(out: torch.Tensor, tolerance: float = 1e-4) -> bool:
-    """Whether every row is in [0, 1] and sums to 1: softmax output, not logits."""
-    if out.dim() != 2 or not len(out):
-        return False
-    in_range = bool(((out >= -tolerance) & (out <= 1 + tolerance)).all())
-    return in_range and bool(((out.sum(dim=1) - 1).abs() <= tolerance).all())
 
 
 def contract_problems(model: object, info: DatasetInfo, x: torch.Tensor) -> list[str]:
@@ -78,13 +62,14 @@ def contract_problems(model: object, info: DatasetInfo, x: torch.Tensor) -> list
     problems = []
     if not torch.isfinite(out).all():
         problems.append("the model returns NaN or infinite logits on clean test images")
-    if probabilities(out):
+    if len(out) and bool(probability_rows(out).all()):
         problems.append("the model returns probabilities (rows in [0, 1] summing to 1), not logits: a loss on "
                         "probabilities saturates and fakes robustness; return the logits (before softmax)")
-    spread = randomised(model, x)
-    if spread > RANDOM_TOLERANCE:
-        problems.append(f"the model is randomised: two calls on the same input differ by up to {spread:.3g} "
-                        "(dropout left on, noise in forward); this suite scores deterministic models")
+    steady = deterministic_flags(model, x, device, len(x))
+    if not bool(steady.all()):
+        problems.append(f"the model is randomised: {int((~steady).sum())} of {len(x)} inputs get different logits "
+                        f"over {DETERMINISM_RUNS} calls (by more than {RANDOM_TOLERANCE:g}: dropout left on, noise in "
+                        "forward); this suite scores deterministic models")
     return problems
 
 

@@ -220,6 +220,14 @@ def test_untrained_models_are_refused_with_the_command_to_train(tiny_home):
         harness.plan("mnist5k", "quick", device="cpu", home=tiny_home.home)
 
 
+def test_the_command_to_train_names_models_that_run_only_when_named(tiny_home):
+    """`rbs train` alone trains the default selection only: the hint must name table1's models."""
+    with pytest.raises(UserError) as err:
+        harness.plan("mnist5k", "table1", device="cpu", home=tiny_home.home)
+    assert "--models dense-cnn1,dense,sparse-cnn1" in str(err.value)
+    assert "rbs benchmark --suite table1" in str(err.value)
+
+
 def _records(rows):
     return pd.DataFrame(
         [{"model": m, "seed": 0, "evaluation": k, "kind": k, "strength": e, "accuracy": a, "source": m,
