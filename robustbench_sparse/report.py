@@ -335,6 +335,11 @@ def comparisons(white: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+# Models whose clean accuracy is further than this from the reference's are flagged in the answer:
+# the fair-recipe rule of the full-size study (models/zoo.toml records the recipe search).
+CLEAN_GAP_POINTS = 1.5
+
+
 def answer(tests: pd.DataFrame, models: list[str], n: int, fired: dict[str, list[str]] | None = None) -> list[str]:
     """Two to four sentences: which models have significantly higher or lower accuracy than the
     reference under which perturbations (at how many of the strengths tested, and where the gap is
@@ -377,6 +382,12 @@ def answer(tests: pd.DataFrame, models: list[str], n: int, fired: dict[str, list
         sentences.append(f"Clean accuracy differs significantly from {ref}'s for "
                          + ", ".join(f"{r.model} ({r.difference:+.1f} points)" for r in clean.itertuples())
                          + ": a gap that confounds the comparisons above.")
+    apart = tested[(tested["evaluation"] == "clean") & (tested["difference"].abs() > CLEAN_GAP_POINTS)]
+    if not apart.empty:
+        sentences.append(f"Not within {CLEAN_GAP_POINTS:g} points of {ref}'s clean accuracy (mean over seeds): "
+                         + ", ".join(f"{r.model} ({r.difference:+.1f})" for r in apart.itertuples())
+                         + f". Their recipes do not match {ref}'s clean accuracy, so a robustness difference "
+                         "may be a difference in how well they were trained.")
     compared = list(dict.fromkeys(tested["model"]))
     quiet = [m for m in compared if m not in set(sig["model"])]
     untested = [m for m in models if m != ref and m not in compared]

@@ -1,7 +1,8 @@
 """Evaluation suites: TOML files under `attacks/` declaring evaluations and their strength sweeps.
 
     description = "..."
-    test_size = 200          # the first N images of the fixed test split (omit: all of them)
+    test_size = 200          # the first N images of the fixed test split (omit: all of them), or
+                             # per dataset: test_size = {fashion-mnist = 2000} (others: all of them)
     seed = 0                 # seeds every random draw of the evaluation
     batch_size = 500
     prune = true             # default of the attacks' `prune`: sweep eps upwards, attack only survivors
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from robustbench_sparse.data import DatasetInfo
+from robustbench_sparse.data import DATASETS, DatasetInfo
 from robustbench_sparse.evaluations import kind_of, resolve, spec_string
 from robustbench_sparse.runtime import Paths, UserError
 
@@ -152,9 +153,7 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
     unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise UserError(f"{where}: unknown keys {sorted(unknown)}; valid: {', '.join(sorted(_TOP_KEYS))}")
-    test_size = doc.get("test_size")
-    if test_size is not None and (not isinstance(test_size, int) or test_size < 1):
-        raise UserError(f"{where}: test_size must be an integer >= 1 (or omitted for the whole test set)")
+    test_size = _test_size(doc.get("test_size"), info, where)
     seed, batch_size = doc.get("seed", 0), doc.get("batch_size", 500)
     if not isinstance(seed, int) or seed < 0:
         raise UserError(f"{where}: seed must be an integer >= 0")
@@ -193,6 +192,23 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
         raise UserError(f'{where}: models must be a list of zoo model names, e.g. models = ["dense", "kwinner"]')
     return Suite(name, doc.get("description", ""), test_size, seed, batch_size, tuple(evaluations), source, transfer,
                  tuple(models))
+
+
+def _test_size(raw: Any, info: DatasetInfo, where: str) -> int | None:
+    """The suite's test size on `info`'s dataset: one integer for every dataset, or a table
+    {dataset: integer} where datasets not named use their whole test set."""
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - set(DATASETS))
+        if unknown:
+            raise UserError(f"{where}: test_size names unknown datasets {', '.join(unknown)}; "
+                            f"valid: {', '.join(DATASETS)}")
+        for value in raw.values():
+            _test_size(value, info, where)
+        return raw.get(info.name)
+    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int) or raw < 1):
+        raise UserError(f"{where}: test_size must be an integer >= 1, a table {{dataset = integer}}, "
+                        "or omitted for the whole test set")
+    return raw
 
 
 def _transfer(raw: dict[str, Any], attack_names: list[str], evaluations: list[Evaluation], where: str) -> TransferPlan:

@@ -50,7 +50,7 @@ base = "kwinner-boost"
 boost_strength = 0.0
 boost_strength_factor = 1.0
 
-# Table 1's other six networks (the `table1` suite names them), tiny, run only when named.
+# Table 1's other six networks (the `paper` suite names them), tiny, run only when named.
 [models.dense-cnn1]
 channels = [4]
 conv_percent_on = [1.0]

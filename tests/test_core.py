@@ -54,7 +54,7 @@ def _rbs(paths, *args, device=True):
 
 
 def test_the_shipped_suites_are_the_documented_ones():
-    assert SHIPPED == ["corruptions", "masking", "paper", "quick", "standard", "table1"]
+    assert SHIPPED == ["corruptions", "masking", "paper", "quick", "standard"]
 
 
 @pytest.mark.parametrize("suite", SHIPPED)
@@ -69,7 +69,7 @@ def test_every_shipped_suite_runs_through_evaluate_report_and_benchmark(home, su
     text = (home.reports("mnist5k") / suite / "report.md").read_text()
     overview = text.split("## Overview")[1].split("##")[0]
     rows = [line for line in overview.splitlines() if line.startswith("| ") and "model" not in line]
-    assert len(rows) == (8 if suite == "table1" else 5)  # table1 names the paper's eight networks
+    assert len(rows) == (11 if suite == "paper" else 5)  # the zoo and Table 1's eight networks
     for row in rows:  # a status for the checks, never a bare dash
         last = row.rstrip(" |").split("|")[-1].strip()
         assert last not in ("", "-") and ("fired" in last or "passed" in last or "not run" in last), row
@@ -338,6 +338,21 @@ def test_suites_parse_strengths_canonically():
     assert suite.evaluation("pgd").strengths == (1.0, 0.5)
     with pytest.raises(UserError, match="lists a strength twice"):
         parse_suite('[[evaluations]]\nkind = "pgd"\neps = [1, 1.0]\n', "s", dataset_info("mnist5k"))
+
+
+def test_a_suite_may_set_its_test_size_per_dataset():
+    from robustbench_sparse.data import dataset_info
+
+    text = 'test_size = {fashion-mnist = 2000, cifar10 = 1000}\n[[evaluations]]\nkind = "fgsm"\neps = [0.1]\n'
+    assert parse_suite(text, "s", dataset_info("fashion-mnist")).test_size == 2000
+    assert parse_suite(text, "s", dataset_info("cifar10")).test_size == 1000
+    assert parse_suite(text, "s", dataset_info("mnist5k")).test_size is None  # not named: the whole test set
+    standard = parse_suite((REPO_ROOT / "attacks" / "standard.toml").read_text(), "standard", dataset_info("fashion-mnist"))
+    assert standard.test_size == 2000
+    for bad, message in [("{fashion = 10}", "test_size names unknown datasets fashion"),
+                         ("{mnist = 0}", "test_size must be an integer >= 1"), ("true", "test_size must be")]:
+        with pytest.raises(UserError, match=message):
+            parse_suite(text.replace("{fashion-mnist = 2000, cifar10 = 1000}", bad), "s", dataset_info("mnist5k"))
 
 
 def test_a_renamed_evaluation_reuses_its_cells_under_the_new_name(home, monkeypatch):

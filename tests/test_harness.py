@@ -211,7 +211,7 @@ def test_bad_suites_are_refused_before_any_work(tiny_home, entry, message, monke
 
 
 def test_unknown_suite_lists_the_valid_ones(tiny_home):
-    with pytest.raises(UserError, match="unknown suite .nope.; valid: corruptions, masking, paper, quick, standard, table1"):
+    with pytest.raises(UserError, match="unknown suite .nope.; valid: corruptions, masking, paper, quick, standard"):
         harness.plan("mnist5k", "nope", home=tiny_home.home)
 
 
@@ -221,11 +221,11 @@ def test_untrained_models_are_refused_with_the_command_to_train(tiny_home):
 
 
 def test_the_command_to_train_names_models_that_run_only_when_named(tiny_home):
-    """`rbs train` alone trains the default selection only: the hint must name table1's models."""
+    """`rbs train` alone trains the default selection only: the hint must name the paper suite's models."""
     with pytest.raises(UserError) as err:
-        harness.plan("mnist5k", "table1", device="cpu", home=tiny_home.home)
-    assert "--models dense-cnn1,dense,sparse-cnn1" in str(err.value)
-    assert "rbs benchmark --suite table1" in str(err.value)
+        harness.plan("mnist5k", "paper", device="cpu", home=tiny_home.home)
+    assert "--models dense,dropout,batchnorm,kwinner,kwinner-boost,dense-cnn1,sparse-cnn1" in str(err.value)
+    assert "rbs benchmark --suite paper" in str(err.value)
 
 
 def _records(rows):

@@ -322,3 +322,20 @@ def test_answer_keeps_clean_apart_and_says_at_how_many_strengths():
     assert "No significant difference from dense under any perturbation: dropout." in text
     assert "Not compared (no results beside dense's): batchnorm." in text
     assert "Holm-corrected over the 5 comparisons tested" in text
+
+
+def test_answer_flags_a_clean_gap_beyond_the_fair_recipe_rule_significant_or_not():
+    from robustbench_sparse.report import CLEAN_GAP_POINTS, answer
+
+    def clean(model: str, difference: float, significant: bool) -> dict:
+        return {"evaluation": "clean", "strength": 0.0, "param": "", "kind": "clean", "model": model,
+                "reference": "dense", "difference": difference, "test": "Welch t", "p": 0.01 if significant else 0.4,
+                "p (Holm)": 0.02 if significant else 0.8, "significant": significant}
+
+    assert CLEAN_GAP_POINTS == 1.5
+    tests = pd.DataFrame([clean("kwinner", -3.6, False), clean("dropout", 1.4, True), clean("batchnorm", 1.6, False)])
+    text = " ".join(answer(tests, ["dense", "kwinner", "dropout", "batchnorm"], 2000))
+    assert "Not within 1.5 points of dense's clean accuracy (mean over seeds): kwinner (-3.6), batchnorm (+1.6)." in text
+    assert "dropout (+1.4)" not in text.split("Not within")[1]
+    within = " ".join(answer(pd.DataFrame([clean("kwinner", -1.5, False)]), ["dense", "kwinner"], 2000))
+    assert "Not within" not in within
