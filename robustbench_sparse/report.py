@@ -31,7 +31,7 @@ from robustbench_sparse.diagnostics import CHECK_NEEDS, masking_checks, most_eff
 from robustbench_sparse.evaluations import CORRUPTION_KINDS, kind_of
 from robustbench_sparse.executor import ENSEMBLE
 from robustbench_sparse.runtime import Paths, UserError, atomic_write_text, generator, library_versions, stable_seed
-from robustbench_sparse.stats import compare_to_reference, reference_model
+from robustbench_sparse.stats import compare_noise_scores, compare_to_reference, reference_model
 from robustbench_sparse.suites import Suite
 from robustbench_sparse.tables import accuracies, paper_pixel, seed_stats, summary
 from robustbench_sparse.transfer import transfer_cells, transfer_matrix
@@ -340,12 +340,14 @@ def comparisons(white: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
 CLEAN_GAP_POINTS = 1.5
 
 
-def answer(tests: pd.DataFrame, models: list[str], n: int, fired: dict[str, list[str]] | None = None) -> list[str]:
-    """Two to four sentences: which models have significantly higher or lower accuracy than the
+def answer(tests: pd.DataFrame, models: list[str], n: int, fired: dict[str, list[str]] | None = None,
+           scores: pd.DataFrame | None = None) -> list[str]:
+    """Two to five sentences: which models have significantly higher or lower accuracy than the
     reference under which perturbations (at how many of the strengths tested, and where the gap is
     largest), their clean accuracy apart, a warning where a masking check fired for a model whose
-    attack numbers look better, and how it was tested. `fired`: model -> the masking checks that
-    fired for it."""
+    attack numbers look better, how it was tested, and (with `scores`, from
+    `stats.compare_noise_scores`) which noise scores differ significantly from the reference's.
+    `fired`: model -> the masking checks that fired for it."""
     tested = tests[tests["p"].notna()] if not tests.empty else tests
     if tested.empty:
         return [f"Only {models[0] if models else 'no model'} was evaluated, or no comparison could be tested: "
@@ -397,11 +399,32 @@ def answer(tests: pd.DataFrame, models: list[str], n: int, fired: dict[str, list
     tail = (f"Tests: {' and '.join(how.get(t, t) for t in sorted(set(tested['test'])))}, Holm-corrected over the "
             f"{len(tested)} comparisons tested (every perturbation at every strength{worst_too}), α = 0.05; "
             "differences in accuracy points.")
+    if scores is not None and scores["p"].notna().any():
+        sentences.append(noise_score_sentence(scores))
     sentences.append((f"No significant difference from {ref} under any perturbation: {', '.join(quiet)}. "
                       if quiet else "")
                      + (f"Not compared (no results beside {ref}'s): {', '.join(untested)}. " if untested else "")
                      + tail)
     return sentences
+
+
+def noise_score_sentence(scores: pd.DataFrame) -> str:
+    """The paper's own measure in one sentence: which noise scores differ significantly from the
+    reference's (one test per model, Holm-corrected over the models)."""
+    tested = scores[scores["p"].notna()]
+    ref = str(tested["reference"].iloc[0])
+
+    def names(part: pd.DataFrame) -> str:
+        return ", ".join(f"{r.model} ({r.difference:+.0f})" for r in part.itertuples())
+
+    sig = tested[tested["significant"]]
+    higher, lower = sig[sig["difference"] > 0], sig[sig["difference"] < 0]
+    quiet = tested[~tested["significant"]]
+    parts = [f"significantly higher than {ref}'s: {names(higher)}" if not higher.empty else "",
+             f"significantly lower: {names(lower)}" if not lower.empty else "",
+             f"not significantly different: {names(quiet)}" if not quiet.empty else ""]
+    return (f"Noise score (the paper's measure: one test per model, Holm-corrected over the {len(tested)} "
+            f"models; differences in images): " + "; ".join(p for p in parts if p) + ".")
 
 
 def _marked(table: pd.DataFrame, tests: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -454,6 +477,7 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
     everything = pd.concat([white, moves[moves["source"] != moves["model"]]], ignore_index=True) if not moves.empty else white
     tests = comparisons(white, everything)
     ref = reference_model(list(dict.fromkeys(white["model"])))
+    scores = compare_noise_scores(paper_pixel(accuracies(white[white["source"] == white["model"]])), ref)
     marks = MARK_NOTE.format(ref=ref) if not tests.empty else ""
     overview = summary(everything, plan.info.num_classes)
     strengths = per_strength(white).reset_index()
@@ -467,6 +491,14 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
          "run against that model (white-box and transfer), judged per image." + marks, worst),
         ("Accuracy per evaluation and strength", f"Accuracy (%{SEEDS_NOTE})." + marks, strengths),
     ]
+    if not scores.empty:
+        shown_scores = scores.drop(columns=["reference"]).assign(
+            **{"noise score": scores["noise score"].round(0), "difference": scores["difference"].round(0),
+               "p": scores["p"].map(_p), "p (Holm)": scores["p (Holm)"].map(_p)})
+        sections.insert(1, (f"Noise score against {ref}", "The paper's noise score (total correct over every "
+                            "pixel-noise level; mean over training seeds) of each model minus "
+                            f"{ref}'s, one test per model (Welch's t over seeds' scores, or McNemar over the same "
+                            "images with one seed), Holm-corrected over the models of this table.", shown_scores))
     corrupted = corruption_table(white, ref)
     if not corrupted.empty:
         sections.insert(2, ("Common corruptions (MNIST-C)", "Accuracy (%) under each of MNIST-C's corruptions "
@@ -522,7 +554,8 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
                 or len(tb.columns) > 1]
     for title, _, table in sections:
         if not table.empty:  # the comparisons with their unrounded p-values
-            (tests if title.startswith("Differences from") else table).to_csv(
+            (tests if title.startswith("Differences from") else scores if title.startswith("Noise score against")
+             else table).to_csv(
                 tables_dir / f"{_slug(title)}.csv", index=False)
     # the presentation tables carry the significance marks (the CSV files keep plain numbers)
     sections = [(t, x, _marked(tb, tests, "worst") if tb is worst else
@@ -536,7 +569,7 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
     fired_by_model = {m: sorted({c.split(". ", 1)[1] for c in rows["check"]})
                       for m, rows in checks[checks["status"] == "fired"].groupby("model", sort=False)}
     page = Page(f"robustbench-sparse: {plan.info.name}, suite {plan.setup.run_name}",
-                answer(tests, models, plan.n, fired_by_model), _header(plan), sections, figures, missing)
+                answer(tests, models, plan.n, fired_by_model, scores), _header(plan), sections, figures, missing)
     written: dict[str, Path] = {}
     if "markdown" in formats:
         written["markdown"] = folder / "report.md"

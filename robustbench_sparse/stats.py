@@ -29,7 +29,13 @@ def reference_model(models: list[str]) -> str:
 
 
 def _flags(rows: pd.DataFrame) -> dict[int, np.ndarray]:
-    return {int(r.seed): decode_flags(r.flags, int(r.n)) for r in rows.itertuples(index=False)}
+    """Per seed, the per-image correctness; several rows of one seed (the levels of a noise score)
+    are joined in order of strength, so two models' images line up."""
+    rows = rows.sort_values("strength", kind="stable") if "strength" in rows.columns else rows
+    out: dict[int, list[np.ndarray]] = {}
+    for r in rows.itertuples(index=False):
+        out.setdefault(int(r.seed), []).append(decode_flags(r.flags, int(r.n)))
+    return {seed: np.concatenate(parts) for seed, parts in out.items()}
 
 
 def _mcnemar(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, str, float]:
@@ -82,6 +88,43 @@ def compare_to_reference(records: pd.DataFrame, reference: str | None = None) ->
             rows.append({"evaluation": evaluation, "strength": strength, "model": model, "reference": ref,
                          "difference": difference, "test": test, "p": p})
     frame = pd.DataFrame(rows, columns=COLUMNS[:-2])
+    frame["p (Holm)"] = np.nan
+    tested = frame["p"].notna()
+    if tested.any():
+        frame.loc[tested, "p (Holm)"] = multipletests(frame.loc[tested, "p"], method="holm")[1]
+    frame["significant"] = frame["p (Holm)"] < ALPHA
+    return frame
+
+
+SCORE_COLUMNS = ["model", "reference", "noise score", "difference", "test", "p", "p (Holm)", "significant"]
+
+
+def compare_noise_scores(pixel: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """The paper's noise score (total correct over every pixel-noise level) of each model against
+    the reference: one comparison per model, Holm-corrected over the models. `pixel`: the records of
+    the paper's pixel noise (one per model, level and seed, with `correct` and `flags`).
+
+    Same tests as `compare_to_reference`: Welch's t over the per-seed scores (a model's per-seed
+    score is its mean accuracy over the levels times a constant, so testing the mean accuracy is
+    testing the score), else McNemar over the images of every level and common seed."""
+    if pixel.empty:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
+    models = list(dict.fromkeys(pixel["model"]))
+    ref = reference or reference_model(models)
+    base = pixel[pixel["model"] == ref]
+    if base.empty:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
+    base_score = base.groupby("seed")["correct"].sum().mean()
+    rows = []
+    for model in models:
+        if model == ref:
+            continue
+        mine = pixel[pixel["model"] == model]
+        _, test, p = _test(mine, base)
+        score = mine.groupby("seed")["correct"].sum()
+        rows.append({"model": model, "reference": ref, "noise score": float(score.mean()),
+                     "difference": float(score.mean() - base_score), "test": test, "p": p})
+    frame = pd.DataFrame(rows, columns=SCORE_COLUMNS[:-2])
     frame["p (Holm)"] = np.nan
     tested = frame["p"].notna()
     if tested.any():

@@ -339,3 +339,53 @@ def test_answer_flags_a_clean_gap_beyond_the_fair_recipe_rule_significant_or_not
     assert "dropout (+1.4)" not in text.split("Not within")[1]
     within = " ".join(answer(pd.DataFrame([clean("kwinner", -1.5, False)]), ["dense", "kwinner"], 2000))
     assert "Not within" not in within
+
+
+def _pixel_rows(model: str, seed: int, right_per_level: list[int], n: int = 100) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from robustbench_sparse.cells import encode_flags
+
+    rows = []
+    for level, right in enumerate(right_per_level):
+        flags = np.zeros(n, dtype=bool)
+        flags[:right] = True
+        rows.append({"evaluation": "pixel", "strength": level / 10, "model": model, "seed": seed,
+                     "accuracy": right / n, "correct": right, "n": n,
+                     "flags": encode_flags(torch.from_numpy(flags))})
+    return rows
+
+
+def test_noise_scores_are_tested_once_per_model_over_seeds_and_holm_corrected():
+    from robustbench_sparse.report import noise_score_sentence
+    from robustbench_sparse.stats import compare_noise_scores
+
+    rows = []
+    for seed, jitter in enumerate((0, 2, -1)):
+        rows += _pixel_rows("dense", seed, [90, 60 + jitter, 30])
+        rows += _pixel_rows("kwinner", seed, [90, 80 + jitter, 60 - jitter])   # clearly higher
+        rows += _pixel_rows("dropout", seed, [90, 61 - jitter, 30 + jitter])   # the same within noise
+    table = compare_noise_scores(pd.DataFrame(rows)).set_index("model")
+    assert list(table.index) == ["kwinner", "dropout"]
+    # dense's scores 180, 182, 179; kwinner's 230, 230, 230
+    assert table.loc["kwinner", "noise score"] == pytest.approx(230)
+    assert table.loc["kwinner", "difference"] == pytest.approx(230 - 541 / 3)
+    assert (table["test"] == "Welch t").all()
+    assert table.loc["kwinner", "significant"] and not table.loc["dropout", "significant"]
+    assert (table["p (Holm)"] >= table["p"]).all()
+    sentence = noise_score_sentence(table.reset_index())
+    assert "Holm-corrected over the 2 models" in sentence
+    assert "significantly higher than dense's: kwinner (+50)" in sentence
+    assert "not significantly different: dropout" in sentence
+
+
+def test_a_noise_score_from_one_seed_is_tested_over_the_images_of_every_level():
+    from robustbench_sparse.stats import compare_noise_scores
+
+    # 3 levels of 100 images: kwinner right on 20 more images at each of two levels, never worse
+    rows = _pixel_rows("dense", 0, [90, 60, 30]) + _pixel_rows("kwinner", 0, [90, 80, 50])
+    row = compare_noise_scores(pd.DataFrame(rows)).iloc[0]
+    assert row["test"] == "McNemar exact" and row["difference"] == pytest.approx(40)
+    # 40 discordant pairs, all one way: exact two-sided p = 2 * 0.5**40
+    assert row["p"] == pytest.approx(2 * 0.5 ** 40) and row["significant"]
