@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from robustbench_sparse.data import load_dataset
+from robustbench_sparse.data import DATASETS, load_dataset
 from robustbench_sparse.runtime import Paths
 from robustbench_sparse.train import train_model, validation_accuracy
 from robustbench_sparse.zoo import load_zoo
@@ -36,10 +36,13 @@ RECIPE_KEYS = {"lr": float, "momentum": float, "lr_gamma": float, "epochs": int,
 def parse_candidate(text: str) -> dict[str, float | int]:
     out: dict[str, float | int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        key, _, value = part.partition("=")
+        key, _, value = (p.strip() for p in part.partition("="))
         if key not in RECIPE_KEYS:
-            raise SystemExit(f"unknown recipe key {key!r}; valid: {', '.join(sorted(RECIPE_KEYS))}")
-        out[key] = RECIPE_KEYS[key](value)
+            raise ValueError(f"unknown recipe key {key!r}; valid: {', '.join(sorted(RECIPE_KEYS))}")
+        try:
+            out[key] = RECIPE_KEYS[key](value)
+        except ValueError:
+            raise ValueError(f"{key} needs a {RECIPE_KEYS[key].__name__} value (key=value), not {value!r}") from None
     return out
 
 
@@ -69,11 +72,22 @@ def main() -> None:
     args = parser.parse_args()
     candidates = args.candidate if args.candidate is not None else [""]
     jobs = [(m, c) for m in args.model for c in candidates]
+    if args.dataset not in DATASETS:
+        parser.error(f"unknown dataset {args.dataset}; valid: {', '.join(DATASETS)}")
+    zoo = load_zoo(Paths.default().zoo_spec)
+    unknown = [m for m in args.model if args.dataset not in zoo.get(m, {})]
+    if unknown:
+        parser.error(f"no zoo model {', '.join(unknown)} for {args.dataset}; valid: "
+                     + ", ".join(m for m, per in zoo.items() if args.dataset in per))
+    try:
+        parsed = {c: parse_candidate(c) for c in candidates}
+    except ValueError as err:
+        parser.error(str(err))  # exit code 2, before any training
     print(f"{len(jobs)} trainings on {args.dataset}'s validation split, seed {args.seed}, "
           f"{args.workers} processes of one thread", flush=True)
     rows = []
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = [(m, c, pool.submit(run, m, args.dataset, parse_candidate(c), args.seed)) for m, c in jobs]
+        futures = [(m, c, pool.submit(run, m, args.dataset, parsed[c], args.seed)) for m, c in jobs]
         for model, candidate, future in futures:
             accuracy, seconds = future.result()
             rows.append((model, candidate or "(zoo recipe)", accuracy, seconds))

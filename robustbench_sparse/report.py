@@ -423,8 +423,9 @@ def noise_score_sentence(scores: pd.DataFrame) -> str:
     parts = [f"significantly higher than {ref}'s: {names(higher)}" if not higher.empty else "",
              f"significantly lower: {names(lower)}" if not lower.empty else "",
              f"not significantly different: {names(quiet)}" if not quiet.empty else ""]
-    return (f"Noise score (the paper's measure: one test per model, Holm-corrected over the {len(tested)} "
-            f"models; differences in images): " + "; ".join(p for p in parts if p) + ".")
+    over = f"Holm-corrected over the {len(tested)} models" if len(tested) > 1 else "one model"
+    return (f"Noise score (the paper's measure: one test per model, {over}; differences in images "
+            "counted correct): " + "; ".join(p for p in parts if p) + ".")
 
 
 def _marked(table: pd.DataFrame, tests: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -491,14 +492,6 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
          "run against that model (white-box and transfer), judged per image." + marks, worst),
         ("Accuracy per evaluation and strength", f"Accuracy (%{SEEDS_NOTE})." + marks, strengths),
     ]
-    if not scores.empty:
-        shown_scores = scores.drop(columns=["reference"]).assign(
-            **{"noise score": scores["noise score"].round(0), "difference": scores["difference"].round(0),
-               "p": scores["p"].map(_p), "p (Holm)": scores["p (Holm)"].map(_p)})
-        sections.insert(1, (f"Noise score against {ref}", "The paper's noise score (total correct over every "
-                            "pixel-noise level; mean over training seeds) of each model minus "
-                            f"{ref}'s, one test per model (Welch's t over seeds' scores, or McNemar over the same "
-                            "images with one seed), Holm-corrected over the models of this table.", shown_scores))
     corrupted = corruption_table(white, ref)
     if not corrupted.empty:
         sections.insert(2, ("Common corruptions (MNIST-C)", "Accuracy (%) under each of MNIST-C's corruptions "
@@ -514,6 +507,15 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
         text += ("Rankings that change: " + "; ".join(changes) + "." if changes
                  else "No model's rank changes between plain PGD and the worst case.")
         sections.insert(1, ("Most effective attack: ranking", text, ranking))
+    if not scores.empty:
+        shown_scores = scores.drop(columns=["reference"]).assign(
+            **{"noise score": scores["noise score"].round(0), "difference": scores["difference"].round(0),
+               "p": scores["p"].map(_p), "p (Holm)": scores["p (Holm)"].map(_p)})
+        sections.insert(1 + (not ranking.empty), (f"Noise score against {ref}", "The paper's noise score (total correct over every "
+                            "pixel-noise level; mean over training seeds) of each model minus "
+                            f"{ref}'s, counted over the levels both have (`levels`), one test per model (Welch's t over the "
+                            "seeds' scores; with one seed, Wilcoxon's signed-rank test over the same images of how many "
+                            "levels each survives), Holm-corrected over the models of this table.", shown_scores))
     checks = masking_checks(everything, plan.info.num_classes)
     fired = int((checks["status"] == "fired").sum())
     not_run = int((checks["status"] == "not run").sum())

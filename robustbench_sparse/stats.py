@@ -7,6 +7,8 @@ For each model and each (evaluation, strength) the accuracy difference from the 
   (`statsmodels`' `mcnemar`), the images of every seed both models have pooled.
 The p-values of one table are corrected together with Holm's method (`statsmodels`'
 `multipletests`), and a difference is significant when the corrected p is below 0.05.
+The paper's noise score is tested once per model (`compare_noise_scores`): Welch's t over the
+per-seed scores, else Wilcoxon's signed-rank test over images, Holm over the models.
 """
 
 from __future__ import annotations
@@ -29,13 +31,7 @@ def reference_model(models: list[str]) -> str:
 
 
 def _flags(rows: pd.DataFrame) -> dict[int, np.ndarray]:
-    """Per seed, the per-image correctness; several rows of one seed (the levels of a noise score)
-    are joined in order of strength, so two models' images line up."""
-    rows = rows.sort_values("strength", kind="stable") if "strength" in rows.columns else rows
-    out: dict[int, list[np.ndarray]] = {}
-    for r in rows.itertuples(index=False):
-        out.setdefault(int(r.seed), []).append(decode_flags(r.flags, int(r.n)))
-    return {seed: np.concatenate(parts) for seed, parts in out.items()}
+    return {int(r.seed): decode_flags(r.flags, int(r.n)) for r in rows.itertuples(index=False)}
 
 
 def _mcnemar(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, str, float]:
@@ -96,34 +92,66 @@ def compare_to_reference(records: pd.DataFrame, reference: str | None = None) ->
     return frame
 
 
-SCORE_COLUMNS = ["model", "reference", "noise score", "difference", "test", "p", "p (Holm)", "significant"]
+SCORE_COLUMNS = ["model", "reference", "levels", "noise score", "difference", "test", "p", "p (Holm)", "significant"]
+
+
+def _score_test(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, float, str, float]:
+    """(score, difference from the reference, test, p) of one model's noise score, both counted over
+    the same cells (evaluation, strength) and, for the paired test, the same seeds.
+
+    Welch's t over the per-seed scores where both have at least two seeds and the scores vary.
+    Otherwise paired over images: each image's number of levels it survives (own minus the
+    reference's, every common seed's images pooled) in Wilcoxon's signed-rank test. Not McNemar over
+    the images of all levels pooled: one image under 11 noise levels is not 11 independent pairs,
+    and treating it so makes p far too small."""
+    a = mine.groupby("seed")["correct"].sum()
+    b = ref.groupby("seed")["correct"].sum()
+    if len(a) >= 2 and len(b) >= 2 and (a.std(ddof=1) > 0 or b.std(ddof=1) > 0):
+        p = float(scipy_stats.ttest_ind(a.astype(float), b.astype(float), equal_var=False).pvalue)
+        return float(a.mean()), float(a.mean() - b.mean()), "Welch t", p
+    common = sorted(set(a.index) & set(b.index))
+    if not common:
+        return float(a.mean()), float("nan"), "none (no common seed)", float("nan")
+
+    def survived(rows: pd.DataFrame, seed: int) -> np.ndarray:
+        own = rows[rows["seed"] == seed].sort_values(["evaluation", "strength"])
+        return np.sum([decode_flags(r.flags, int(r.n)) for r in own.itertuples(index=False)], axis=0)
+
+    d = np.concatenate([survived(mine, s).astype(int) - survived(ref, s).astype(int) for s in common])
+    difference = float(d.sum()) / len(common)
+    p = 1.0 if not d.any() else float(scipy_stats.wilcoxon(d).pvalue)
+    return float(a.loc[common].mean()), difference, "Wilcoxon signed-rank", p
 
 
 def compare_noise_scores(pixel: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
     """The paper's noise score (total correct over every pixel-noise level) of each model against
     the reference: one comparison per model, Holm-corrected over the models. `pixel`: the records of
-    the paper's pixel noise (one per model, level and seed, with `correct` and `flags`).
-
-    Same tests as `compare_to_reference`: Welch's t over the per-seed scores (a model's per-seed
-    score is its mean accuracy over the levels times a constant, so testing the mean accuracy is
-    testing the score), else McNemar over the images of every level and common seed."""
+    the paper's pixel noise (one per model, level and seed, with `correct` and `flags`). Each
+    comparison counts both scores over the levels both models have for every one of their seeds
+    (`levels`; a level missing from the store would otherwise bias the score)."""
     if pixel.empty:
         return pd.DataFrame(columns=SCORE_COLUMNS)
     models = list(dict.fromkeys(pixel["model"]))
     ref = reference or reference_model(models)
-    base = pixel[pixel["model"] == ref]
-    if base.empty:
+    if ref not in models:
         return pd.DataFrame(columns=SCORE_COLUMNS)
-    base_score = base.groupby("seed")["correct"].sum().mean()
+
+    def levels(rows: pd.DataFrame) -> set[tuple[str, float]]:
+        per_seed = [set(zip(g["evaluation"], g["strength"], strict=True)) for _, g in rows.groupby("seed")]
+        return set.intersection(*per_seed)
+
+    cells = pixel.set_index(["evaluation", "strength"]).index
+    base_levels = levels(pixel[pixel["model"] == ref])
     rows = []
     for model in models:
         if model == ref:
             continue
-        mine = pixel[pixel["model"] == model]
-        _, test, p = _test(mine, base)
-        score = mine.groupby("seed")["correct"].sum()
-        rows.append({"model": model, "reference": ref, "noise score": float(score.mean()),
-                     "difference": float(score.mean() - base_score), "test": test, "p": p})
+        shared = levels(pixel[pixel["model"] == model]) & base_levels
+        keep = cells.isin(list(shared))
+        mine, base = pixel[keep & (pixel["model"] == model)], pixel[keep & (pixel["model"] == ref)]
+        score, difference, test, p = _score_test(mine, base)
+        rows.append({"model": model, "reference": ref, "levels": len(shared), "noise score": score,
+                     "difference": difference, "test": test, "p": p})
     frame = pd.DataFrame(rows, columns=SCORE_COLUMNS[:-2])
     frame["p (Holm)"] = np.nan
     tested = frame["p"].notna()

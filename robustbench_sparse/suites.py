@@ -155,9 +155,9 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
         raise UserError(f"{where}: unknown keys {sorted(unknown)}; valid: {', '.join(sorted(_TOP_KEYS))}")
     test_size = _test_size(doc.get("test_size"), info, where)
     seed, batch_size = doc.get("seed", 0), doc.get("batch_size", 500)
-    if not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"{where}: seed must be an integer >= 0")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"{where}: batch_size must be an integer >= 1")
     prune = doc.get("prune", True)
     if not isinstance(prune, bool):
@@ -202,13 +202,18 @@ def _test_size(raw: Any, info: DatasetInfo, where: str) -> int | None:
         if unknown:
             raise UserError(f"{where}: test_size names unknown datasets {', '.join(unknown)}; "
                             f"valid: {', '.join(DATASETS)}")
-        for value in raw.values():
-            _test_size(value, info, where)
+        for name, value in raw.items():
+            if not _positive_int(value):
+                raise UserError(f"{where}: test_size for {name} must be an integer >= 1")
         return raw.get(info.name)
-    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int) or raw < 1):
+    if raw is not None and not _positive_int(raw):
         raise UserError(f"{where}: test_size must be an integer >= 1, a table {{dataset = integer}}, "
                         "or omitted for the whole test set")
     return raw
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _transfer(raw: dict[str, Any], attack_names: list[str], evaluations: list[Evaluation], where: str) -> TransferPlan:

@@ -33,7 +33,7 @@ SHIPPED = available_suites(harness.Paths(REPO_ROOT))
 
 def _small(text: str, size: int) -> str:
     """A shipped suite on its first `size` test images."""
-    text = re.sub(r"(?m)^test_size = \d+.*$", "", text)
+    text = re.sub(r"(?m)^test_size\s*=.*$", "", text)
     return f"test_size = {size}\n" + text
 
 
@@ -350,9 +350,14 @@ def test_a_suite_may_set_its_test_size_per_dataset():
     standard = parse_suite((REPO_ROOT / "attacks" / "standard.toml").read_text(), "standard", dataset_info("fashion-mnist"))
     assert standard.test_size == 2000
     for bad, message in [("{fashion = 10}", "test_size names unknown datasets fashion"),
-                         ("{mnist = 0}", "test_size must be an integer >= 1"), ("true", "test_size must be")]:
+                         ("{mnist = 0}", "test_size for mnist must be an integer >= 1"),
+                         ("{mnist5k = {}}", "test_size for mnist5k must be"),
+                         ("{mnist = true}", "test_size for mnist must be"), ("true", "test_size must be")]:
         with pytest.raises(UserError, match=message):
             parse_suite(text.replace("{fashion-mnist = 2000, cifar10 = 1000}", bad), "s", dataset_info("mnist5k"))
+    for key in ("seed", "batch_size"):  # TOML's true is not the integer 1
+        with pytest.raises(UserError, match=f"{key} must be an integer"):
+            parse_suite(f"{key} = true\n" + text, "s", dataset_info("mnist5k"))
 
 
 def test_a_renamed_evaluation_reuses_its_cells_under_the_new_name(home, monkeypatch):

@@ -364,28 +364,45 @@ def test_noise_scores_are_tested_once_per_model_over_seeds_and_holm_corrected():
     rows = []
     for seed, jitter in enumerate((0, 2, -1)):
         rows += _pixel_rows("dense", seed, [90, 60 + jitter, 30])
-        rows += _pixel_rows("kwinner", seed, [90, 80 + jitter, 60 - jitter])   # clearly higher
-        rows += _pixel_rows("dropout", seed, [90, 61 - jitter, 30 + jitter])   # the same within noise
+        rows += _pixel_rows("kwinner", seed, [90, 80 + jitter, 60])   # clearly higher
+        rows += _pixel_rows("dropout", seed, [90, 61 - jitter, 30])   # the same within noise
     table = compare_noise_scores(pd.DataFrame(rows)).set_index("model")
     assert list(table.index) == ["kwinner", "dropout"]
-    # dense's scores 180, 182, 179; kwinner's 230, 230, 230
-    assert table.loc["kwinner", "noise score"] == pytest.approx(230)
-    assert table.loc["kwinner", "difference"] == pytest.approx(230 - 541 / 3)
+    # dense's scores 180, 182, 179; kwinner's 230, 232, 229
+    assert table.loc["kwinner", "noise score"] == pytest.approx(691 / 3)
+    assert table.loc["kwinner", "difference"] == pytest.approx(50)
     assert (table["test"] == "Welch t").all()
     assert table.loc["kwinner", "significant"] and not table.loc["dropout", "significant"]
-    assert (table["p (Holm)"] >= table["p"]).all()
+    assert table.loc["kwinner", "p (Holm)"] == pytest.approx(2 * table.loc["kwinner", "p"])  # 2 models
     sentence = noise_score_sentence(table.reset_index())
     assert "Holm-corrected over the 2 models" in sentence
     assert "significantly higher than dense's: kwinner (+50)" in sentence
     assert "not significantly different: dropout" in sentence
 
 
-def test_a_noise_score_from_one_seed_is_tested_over_the_images_of_every_level():
+def test_a_noise_score_from_one_seed_is_tested_paired_over_images_not_over_pooled_levels():
     from robustbench_sparse.stats import compare_noise_scores
 
-    # 3 levels of 100 images: kwinner right on 20 more images at each of two levels, never worse
+    # 3 levels of 100 images: kwinner survives one more level than dense on 40 images, never fewer
     rows = _pixel_rows("dense", 0, [90, 60, 30]) + _pixel_rows("kwinner", 0, [90, 80, 50])
     row = compare_noise_scores(pd.DataFrame(rows)).iloc[0]
-    assert row["test"] == "McNemar exact" and row["difference"] == pytest.approx(40)
-    # 40 discordant pairs, all one way: exact two-sided p = 2 * 0.5**40
-    assert row["p"] == pytest.approx(2 * 0.5 ** 40) and row["significant"]
+    assert row["test"] == "Wilcoxon signed-rank" and row["difference"] == pytest.approx(40)
+    assert row["levels"] == 3 and row["p"] < 1e-6 and row["significant"]
+    # identical per-image results: nothing to test
+    same = _pixel_rows("dense", 0, [90, 60, 30]) + _pixel_rows("dense-too", 0, [90, 60, 30])
+    tie = compare_noise_scores(pd.DataFrame(same)).iloc[0]
+    assert tie["difference"] == 0 and tie["p"] == 1.0 and not tie["significant"]
+
+
+def test_a_noise_score_is_counted_over_the_same_levels_and_seeds_for_both_models():
+    from robustbench_sparse.stats import compare_noise_scores
+
+    # dense has three seeds, seed 0 much stronger; kwinner has only seed 0 and is worse there
+    rows = _pixel_rows("dense", 0, [95, 90, 85]) + _pixel_rows("dense", 1, [60, 50, 40])
+    rows += _pixel_rows("dense", 2, [60, 50, 41]) + _pixel_rows("kwinner", 0, [80, 70, 60])
+    row = compare_noise_scores(pd.DataFrame(rows)).iloc[0]
+    assert row["test"] == "Wilcoxon signed-rank" and row["difference"] == pytest.approx(-60)  # over seed 0 only
+    # a level missing for one model is left out of both scores instead of counting as all wrong
+    rows = _pixel_rows("dense", 0, [90, 60, 30]) + _pixel_rows("kwinner", 0, [90, 60])
+    row = compare_noise_scores(pd.DataFrame(rows)).iloc[0]
+    assert row["levels"] == 2 and row["difference"] == 0 and row["noise score"] == 150
