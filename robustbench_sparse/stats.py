@@ -83,7 +83,11 @@ def compare_to_reference(records: pd.DataFrame, reference: str | None = None) ->
             difference, test, p = _test(group[group["model"] == model], base)
             rows.append({"evaluation": evaluation, "strength": strength, "model": model, "reference": ref,
                          "difference": difference, "test": test, "p": p})
-    frame = pd.DataFrame(rows, columns=COLUMNS[:-2])
+    return _holm(pd.DataFrame(rows, columns=COLUMNS[:-2]))
+
+
+def _holm(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its p-values Holm-corrected together ("p (Holm)") and "significant" at ALPHA."""
     frame["p (Holm)"] = np.nan
     tested = frame["p"].notna()
     if tested.any():
@@ -152,10 +156,4 @@ def compare_noise_scores(pixel: pd.DataFrame, reference: str | None = None) -> p
         score, difference, test, p = _score_test(mine, base)
         rows.append({"model": model, "reference": ref, "levels": len(shared), "noise score": score,
                      "difference": difference, "test": test, "p": p})
-    frame = pd.DataFrame(rows, columns=SCORE_COLUMNS[:-2])
-    frame["p (Holm)"] = np.nan
-    tested = frame["p"].notna()
-    if tested.any():
-        frame.loc[tested, "p (Holm)"] = multipletests(frame.loc[tested, "p"], method="holm")[1]
-    frame["significant"] = frame["p (Holm)"] < ALPHA
-    return frame
+    return _holm(pd.DataFrame(rows, columns=SCORE_COLUMNS[:-2]))
