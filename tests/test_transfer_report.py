@@ -339,6 +339,13 @@ def test_answer_flags_a_clean_gap_beyond_the_fair_recipe_rule_significant_or_not
     assert "dropout (+1.4)" not in text.split("Not within")[1]
     within = " ".join(answer(pd.DataFrame([clean("kwinner", -1.5, False)]), ["dense", "kwinner"], 2000))
     assert "Not within" not in within
+    # significant and beyond the rule: said once, in the significance sentence
+    both = " ".join(answer(pd.DataFrame([clean("kwinner", -2.4, True), clean("batchnorm", 1.6, False)]),
+                           ["dense", "kwinner", "batchnorm"], 2000))
+    assert ("Clean accuracy differs significantly from dense's for kwinner (-2.4 points): a gap that confounds the "
+            "comparisons above; for kwinner it is beyond the 1.5-point rule of a fair recipe") in both
+    assert "Not within 1.5 points of dense's clean accuracy (mean over seeds): batchnorm (+1.6)." in both
+    assert both.count("kwinner (-2.4") == 1
 
 
 def _pixel_rows(model: str, seed: int, right_per_level: list[int], n: int = 100) -> list[dict]:
