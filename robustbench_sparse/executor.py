@@ -25,7 +25,7 @@ from robustbench_sparse.cells import Cell, Job
 from robustbench_sparse.checkpoints import model_from_bytes
 from robustbench_sparse.data import Dataset, DatasetInfo
 from robustbench_sparse.evaluations import ACCURACY, deterministic_flags, kind_of, logit_flags, perturb
-from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed
+from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed, torch_threads
 from robustbench_sparse.store import ArtifactStore
 from robustbench_sparse.suites import Evaluation
 from robustbench_sparse.zoo import ModelSpec
@@ -53,6 +53,7 @@ def perturbed_set(
     batch_size: int,
     offset: int = 0,
     previous: torch.Tensor | None = None,
+    survivors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Craft: the perturbed test set (on the CPU), the model in eval mode. Noise is drawn per image;
     attacks that draw per batch get a seed per batch. `x` may be a slice of the test set that
@@ -62,7 +63,8 @@ def perturbed_set(
     A pruned sweep (`evaluation.pruned`, eps > 0) starts from `previous`, the set at the sweep's
     next smaller eps (None: x itself, the eps = 0 ball): an image the model already misclassifies
     there keeps that example, which lies in this eps-ball too (L-inf balls nest); only the others
-    are attacked. So the accuracy at eps counts the images no eps' <= eps fooled."""
+    are attacked. So the accuracy at eps counts the images no eps' <= eps fooled. `survivors`: the
+    model's per-image correctness on `previous` where it is already known (scored), else computed."""
     if offset % batch_size:
         raise ValueError(f"offset {offset} is not a multiple of the batch size {batch_size}")
     params = evaluation.params_at(strength)
@@ -77,9 +79,12 @@ def perturbed_set(
         if not pruned:
             return craft_batches(model, evaluation.kind, params, xs, ys, seeds, per_image, batch_size).cpu()
         before = xs if previous is None else previous.to(device)
-        with torch.no_grad():
-            survivors = torch.cat([model(before[first : first + batch_size]).argmax(dim=1) == ys[first : first + batch_size]
-                                   for first in range(0, len(x), batch_size)]) if len(x) else ys.bool()
+        if survivors is not None:
+            survivors = survivors.to(device)
+        else:
+            with torch.no_grad():
+                survivors = torch.cat([model(before[first : first + batch_size]).argmax(dim=1) == ys[first : first + batch_size]
+                                       for first in range(0, len(x), batch_size)]) if len(x) else ys.bool()
         adv = craft_batches(model, evaluation.kind, params, xs, ys, seeds, per_image, batch_size, todo=survivors)
         return torch.where(survivors.view(-1, *[1] * (xs.dim() - 1)), adv, before).cpu()
     parts = []
@@ -95,9 +100,12 @@ def crafted_set(cell: Cell, source: nn.Module, ws: Workspace) -> torch.Tensor:
     crafted (and cached) the same way, so a sweep run in increasing eps crafts each set once."""
 
     def make() -> torch.Tensor:
-        previous = crafted_set(cell.previous, source, ws) if cell.previous is not None else None
+        previous, survivors = None, None
+        if cell.previous is not None:
+            previous = crafted_set(cell.previous, source, ws)
+            survivors = ws.scored_on_source.get(cell.previous.set_key)
         return perturbed_set(source, cell.evaluation, cell.strength, ws.x, ws.y, ws.info, ws.device,
-                             cell.eval_seed, cell.batch_size, previous=previous)
+                             cell.eval_seed, cell.batch_size, previous=previous, survivors=survivors)
 
     return ws.cache.get(cell.set_key, make)[0]
 
@@ -174,6 +182,9 @@ class Workspace:
     cache: ArtifactStore
     ensemble: tuple[str, ...] = ()
     _models: dict[tuple[str, int], nn.Module] = field(default_factory=dict)
+    # set key -> per-image correctness of the model the set was crafted on (its white-box cell's
+    # flags): a pruned sweep's next set attacks the images still correct without scoring again
+    scored_on_source: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def model(self, name: str, seed: int) -> nn.Module:
         if (name, seed) not in self._models:
@@ -219,6 +230,8 @@ def run_job(job: Job, ws: Workspace) -> Outcome:
             target = stack.enter_context(eval_mode(ws.model(cell.model, cell.seed)))
             flags_list.append(score(target, inputs, ws.y, ws.device, cell.batch_size))
             own = cell.crafted_on[0] == cell.model
+            if own and job.crafts:
+                ws.scored_on_source[cell.set_key] = flags_list[-1]
             seconds.append(time.perf_counter() - t0 + (craft_seconds if own else 0.0))
     return Outcome(job, tuple(flags_list), tuple(seconds))
 
@@ -238,21 +251,6 @@ class Executor(Protocol):
         tuple[ModelSpec, int, nn.Module, float]]: ...
 
     def close(self) -> None: ...
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to `threads` (None: left as it is) while the block runs.
-    The thread count changes float rounding, so a run is bit-for-bit repeatable for a given count."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class LocalExecutor:

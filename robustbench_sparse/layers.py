@@ -4,8 +4,9 @@ Every gradient attack needs the gradient of the loss with respect to the image, 
 the first convolution's backward-data. For the zoo's first layer (1 input channel, 5x5, 28x28) that
 kernel is the slowest part of an attack step on CPU: measured on this 2-core machine, batch 200,
 oneDNN's backward-data for Conv2d(1, 30, 5) takes ~18 ms, while the same gradient as one matrix
-product (W^T times the output gradient) and a col2im (`torch.nn.functional.fold`) takes ~8 ms; a
-whole PGD step on the dense model drops from ~41 ms to ~31 ms. The two agree to float rounding
+product (W^T times the output gradient) and a col2im takes ~2.2 ms (1.5 ms matmul, 0.7 ms col2im
+as strided adds; `torch.nn.functional.fold` would take 2.7 ms for the col2im alone); a whole PGD
+step on the dense model drops from ~41 ms to ~18 ms. The two agree to float rounding
 (~1e-5 on gradients of order 1); the forward pass, the weight and bias gradients, and training
 are torch's own, untouched.
 """
@@ -36,8 +37,23 @@ class _InputGradient(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             columns = torch.matmul(weight.flatten(1).t(), grad.flatten(2))  # [B, C_in * kh * kw, L]
-            grad_x = F.fold(columns, ctx.size, ctx.kernel, padding=ctx.padding)
+            grad_x = _col2im(columns, weight.shape[1], ctx.size, ctx.kernel, grad.shape[-2:], ctx.padding)
         return grad_x, None, grad, None, None
+
+
+def _col2im(columns: torch.Tensor, channels: int, size: tuple[int, int], kernel: tuple[int, int],
+            out_size: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """`F.fold(columns, size, kernel, padding=padding)` (stride 1), bit for bit, ~4x faster on CPU:
+    torch's col2im loops over the batch one image at a time (2.7 ms at batch 200 on this machine);
+    here one strided add per kernel offset covers the whole batch (0.7 ms). The adds run in
+    col2im's own order (kernel rows, then columns, from zero), so every pixel's sum is the same."""
+    (kh, kw), (oh, ow), (ph, pw) = kernel, out_size, padding
+    cols = columns.view(columns.shape[0], channels, kh, kw, oh, ow)
+    out = columns.new_zeros(columns.shape[0], channels, size[0] + 2 * ph, size[1] + 2 * pw)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i : i + oh, j : j + ow] += cols[:, :, i, j]
+    return out[:, :, ph : ph + size[0], pw : pw + size[1]]
 
 
 class InputConv2d(nn.Conv2d):

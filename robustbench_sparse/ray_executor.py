@@ -39,9 +39,8 @@ from robustbench_sparse.executor import (
     correct_flags,
     perturbed_set,
     score,
-    torch_threads,
 )
-from robustbench_sparse.runtime import UserError, eval_mode
+from robustbench_sparse.runtime import UserError, eval_mode, torch_threads
 from robustbench_sparse.suites import Evaluation
 from robustbench_sparse.zoo import ModelSpec, build_model
 

@@ -181,3 +181,18 @@ def progress_disabled() -> bool | None:
     value = os.environ.get("RBS_NO_PROGRESS", "").strip().lower()
     return True if value in ("1", "true", "yes", "on") else None
 
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` (None: left as it is) while the block runs.
+    The thread count may change float rounding (training's weight gradients sum over the batch in
+    per-thread parts), so a run is bit-for-bit repeatable for a given count."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

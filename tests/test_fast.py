@@ -68,6 +68,26 @@ def test_early_stopping_is_the_library_trajectory_cut_short(trained_home, mnist5
         assert excess <= 0.5
 
 
+@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("kind", list(ITERATIVE))
+def test_without_early_stopping_our_loop_is_the_library_bit_for_bit(trained_home, mnist5k, name, kind):
+    """early_stop = false runs our loop for every image and every step (images of all batches
+    pooled, chunks on several threads): every image ends exactly where torchattacks leaves it."""
+    model = _model(trained_home, name)
+    x, y = mnist5k.test_x[:50], mnist5k.test_y[:50]
+    for eps in (0.1, 0.3):
+        params = {**ITERATIVE[kind], "eps": eps}
+        ours = attacks.craft_batches(model, kind, {**params, "early_stop": False}, x, y, [7, 8], list(range(50)), 25)
+        library = torch.cat([_library(model, kind, params, x[f : f + 25], y[f : f + 25], seed) for f, seed in
+                             ((0, 7), (25, 8))])
+        assert torch.equal(ours, library), (name, kind, eps)
+    if kind == "pgd":  # restarts: each image keeps its first fooling run, as the library path does
+        params = {**ITERATIVE[kind], "eps": 0.1, "restarts": 3}
+        ours = craft(model, kind, {**params, "early_stop": False}, x, y, seed=9)
+        library = attacks._restarted(model, kind, params, x, y, 9, "torchattacks", torch.arange(len(x)))
+        assert torch.equal(ours, library)
+
+
 def test_early_stopping_is_seeded_and_stops_only_fooled_images(trained_home, mnist5k):
     model = _model(trained_home, "kwinner-boost")
     x, y = mnist5k.test_x[:40], mnist5k.test_y[:40]
@@ -185,6 +205,24 @@ def test_pruned_sweeps_are_monotone_and_never_above_unpruned(trained_home, tmp_p
     # eps = 0 is clean accuracy in both modes
     zero = pruned[pruned["strength"] == 0].set_index(["model", "evaluation"])["accuracy"]
     assert (zero == plain[plain["strength"] == 0].set_index(["model", "evaluation"])["accuracy"]).all()
+
+
+def test_harness_pruned_sweep_is_the_direct_one(trained_home, tmp_path):
+    """The harness attacks at eps the images its own scoring found correct at the sweep's previous
+    eps (no second forward pass); `correct_flags` recomputes them: the flags are the same."""
+    from robustbench_sparse.cells import decode_flags
+    from robustbench_sparse.executor import correct_flags
+
+    plan = _sweep_plan(trained_home, tmp_path, "")
+    frame = _run(plan, tmp_path, "pruned")
+    ws = harness.workspace(plan, ArtifactStore(tmp_path / "unused"))
+    x, y = plan.test_set()
+    for _, row in frame[frame["kind"] != "clean"].iterrows():
+        model = ws.model(row["model"], 0)
+        with eval_mode(model):
+            direct = correct_flags(model, plan.suite.evaluation(row["evaluation"]), row["strength"], x, y,
+                                   plan.info, CPU, 0, 50)
+        assert (decode_flags(row["flags"], row["n"]) == direct.numpy()).all(), (row["model"], row["evaluation"])
 
 
 def test_pruned_sets_stay_in_their_ball_and_keep_earlier_examples(trained_home, tmp_path):
@@ -330,6 +368,19 @@ def test_input_conv_is_conv2d_with_the_same_gradients_to_rounding(padding, chann
     assert torch.equal(new(x), ref(x))  # no input gradient: torch's own forward
     with pytest.raises(ValueError, match="stride 1"):
         InputConv2d(1, 2, 3, stride=2)
+
+
+@pytest.mark.parametrize(("channels", "kernel", "padding"), [(1, (5, 5), (0, 0)), (3, (3, 5), (1, 2)), (2, (5, 3), (2, 0))])
+def test_col2im_is_torchs_fold_bit_for_bit(channels, kernel, padding):
+    """The first conv's col2im (strided adds) gives F.fold's sums exactly, padding cropped."""
+    from robustbench_sparse.layers import _col2im
+
+    torch.manual_seed(1)
+    size = (14, 11)
+    out = (size[0] + 2 * padding[0] - kernel[0] + 1, size[1] + 2 * padding[1] - kernel[1] + 1)
+    columns = torch.randn(5, channels * kernel[0] * kernel[1], out[0] * out[1])
+    mine = _col2im(columns, channels, size, kernel, out, padding)
+    assert torch.equal(mine, torch.nn.functional.fold(columns, size, kernel, padding=padding))
 
 
 def test_restarts_with_early_stopping_are_the_plain_restarts_cut_short(trained_home, mnist5k):
