@@ -21,7 +21,11 @@ image stops being attacked at the first iterate the model misclassifies and keep
 The loop is our own (torchattacks and foolbox attack every image for every step) and mirrors
 torchattacks' BIM, MIFGSM and PGD operation for operation, random start included (the same seed,
 the same batch-wide draw), so each image follows exactly the trajectory the library would give it,
-cut short: an image the library fools is fooled here too, so accuracy is never higher.
+cut short: an image the library fools is fooled here too, so accuracy is never higher. With
+`early_stop = false` the same loop runs every image for every step and ends bit for bit where
+torchattacks does (a test checks it on every zoo model); it is used instead of the library because
+it pools the images of all batches and runs the chunks of a step on several threads (torchattacks
+draws PGD's start from the global RNG, so its calls cannot share a process's threads).
 `craft(..., todo=mask)` attacks only the masked images of a batch (the sweep pruning of
 `executor.perturbed_set`), still drawing the random start for the whole batch.
 """
@@ -295,8 +299,8 @@ def _chunks(n: int, chunk: int, threads: int) -> list[slice]:
 def _thread_pool(threads: int) -> Iterator[ThreadPoolExecutor | None]:
     """`threads` worker threads running one torch thread each (None for one thread: the caller
     runs the chunks itself, on torch's threads). torch releases the GIL inside its operators, and
-    a thread takes the torch thread count in force when it starts, so the workers are started
-    while it is 1 and the count is restored afterwards."""
+    a new thread takes the torch thread count in force at its first parallel operator, so the
+    workers live only while the count is 1; it is restored afterwards."""
     if threads <= 1:
         yield None
         return

@@ -56,7 +56,7 @@ BPDA = Param(
 EARLY_STOP = Param(
     True, _bool(),
     "true (each image stops at its first misclassified iterate; our loop, torchattacks' steps) or false "
-    "(the library's attack, every step; default with backend=foolbox)",
+    "(every image for every step, ending where the library's attack ends; default with backend=foolbox)",
 )
 PRUNE = Param(
     True, _bool(),

@@ -2,13 +2,13 @@
 
 Every gradient attack needs the gradient of the loss with respect to the image, so each step runs
 the first convolution's backward-data. For the zoo's first layer (1 input channel, 5x5, 28x28) that
-kernel is the slowest part of an attack step on CPU: measured on this 2-core machine, batch 200,
-oneDNN's backward-data for Conv2d(1, 30, 5) takes ~18 ms, while the same gradient as one matrix
-product (W^T times the output gradient) and a col2im takes ~2.2 ms (1.5 ms matmul, 0.7 ms col2im
-as strided adds; `torch.nn.functional.fold` would take 2.7 ms for the col2im alone); a whole PGD
-step on the dense model drops from ~41 ms to ~18 ms. The two agree to float rounding
-(~1e-5 on gradients of order 1); the forward pass, the weight and bias gradients, and training
-are torch's own, untouched.
+kernel is the slowest part of an attack step on CPU. The same gradient is one matrix product (W^T
+times the output gradient, 1.5 ms at batch 200) and a col2im (0.7 ms as strided adds, `_col2im`;
+2.7 ms with `torch.nn.functional.fold`). Measured on this 2-core machine, one attack step (forward
+and input gradient) of the dense model at batch 200: 29 ms with oneDNN's backward-data, 20 ms with
+the matrix product and `fold`, 18 ms with the matrix product and `_col2im`. The gradients agree
+with oneDNN's to float rounding (~1e-5 on gradients of order 1); the forward pass, the weight and
+bias gradients, and training are torch's own, untouched.
 """
 
 from __future__ import annotations

@@ -185,8 +185,9 @@ def progress_disabled() -> bool | None:
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to `threads` (None: left as it is) while the block runs.
-    The thread count may change float rounding (training's weight gradients sum over the batch in
-    per-thread parts), so a run is bit-for-bit repeatable for a given count."""
+    The thread count may change float rounding (it changes trained weights here; an attack step's
+    logits and input gradient came out the same with 1 and 2 threads), so a run is bit-for-bit
+    repeatable for a given count."""
     if threads is None:
         yield
         return
