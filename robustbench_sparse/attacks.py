@@ -204,8 +204,8 @@ def _iterate(
     - MI-FGSM: g <- g / mean|g| + decay m per image, m <- g (where the gradient is exactly zero this
       is 0 / 0 = NaN, as in the library; torch's sign(NaN) = 0, so such an image stops moving).
     The model's output for an image does not depend on the other images of its batch (eval mode),
-    nor on the number of torch threads, so an image's trajectory is bit for bit the library's on
-    its own batch (tests check both).
+    nor on the number of torch threads (both hold for the zoo on CPU; tests check each), so an
+    image's trajectory is bit for bit the library's on its own batch.
     The iterate after the last step is returned unchecked, as the library returns it.
     """
     eps, alpha, steps = params["eps"], step_size(params), params["steps"]
@@ -256,6 +256,7 @@ def _iterate(
                 kept.append(~hit)
                 if moved is not None:
                     stepped.append(moved)
+                if grad is not None and momentum is not None:
                     grads.append(grad)
             keep_all = torch.cat(kept)
             if not bool(keep_all.any()):
@@ -284,8 +285,9 @@ def crafting_threads(device: torch.device) -> int:
 
 
 def _chunks(n: int, chunk: int, threads: int) -> list[slice]:
-    """`n` images cut into consecutive slices of at most `chunk`; with several threads, into a
-    multiple of `threads` slices of near-equal size, so that no thread waits on the last one."""
+    """`n` images cut into consecutive slices of at most `chunk`; with several threads, into
+    slices of near-equal size, about a multiple of `threads` of them, so that no thread waits long
+    on the last one."""
     if n == 0:
         return []
     count = math.ceil(n / chunk)
@@ -298,13 +300,16 @@ def _chunks(n: int, chunk: int, threads: int) -> list[slice]:
 @contextlib.contextmanager
 def _thread_pool(threads: int) -> Iterator[ThreadPoolExecutor | None]:
     """`threads` worker threads running one torch thread each (None for one thread: the caller
-    runs the chunks itself, on torch's threads). torch releases the GIL inside its operators, and
-    a new thread takes the torch thread count in force at its first parallel operator, so the
-    workers live only while the count is 1; it is restored afterwards."""
+    runs the chunks itself, on torch's threads). torch releases the GIL inside its operators. Each
+    worker sets its own thread count to 1 when it starts (OpenMP keeps one count per thread, and
+    torch would set a new thread's only at its first parallel operator, which a small chunk may
+    never reach before a convolution); the process's count is 1 while the pool lives and is
+    restored afterwards."""
     if threads <= 1:
         yield None
         return
-    with torch_threads(1), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rbs-craft") as pool:
+    with torch_threads(1), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rbs-craft",
+                                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
         yield pool
 
 
@@ -486,9 +491,10 @@ def craft_batches(
     image_seeds: list[int], batch_size: int, todo: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`craft` on x cut into batches of `batch_size`, batch i seeded by seeds[i]: every image gets
-    exactly what `craft` on its own batch gives it. With early stopping the images still attacked
-    in all batches are stepped together, in chunks of `batch_size`, so chunks stay full as images
-    stop (on CPU a half-empty batch costs ~20% more per image)."""
+    exactly what `craft` on its own batch gives it. The attacks of our loop (`runs_our_loop`) step
+    the images still attacked in all batches together, in chunks of at most `batch_size`, so
+    chunks stay full as images stop (on CPU a half-empty batch costs ~20% more per image); on a
+    CPU the chunks of a step run on several threads at once."""
     if kind not in ATTACKS:
         raise ValueError(f"unknown attack {kind!r}; valid: {', '.join(ATTACKS)}")
     backend = _check_combination(kind, params)
@@ -517,10 +523,10 @@ def _restarted(
     rows: torch.Tensor,
 ) -> torch.Tensor:
     """The library attack on the images `rows` of the batch, with its restarts on the rows no
-    earlier run fooled; each image keeps its first example that fools (else the last one tried). Where the library draws one random tensor for a whole batch (PGD's
-    start, Square), it is called on the whole batch and the rows are kept: each image then starts
-    where it would in a call on the whole batch, whichever images are left to attack (the same
-    draws as the early-stopping loop's). Rows outside `rows` are returned as x."""
+    earlier run fooled; each image keeps its first example that fools (else the last one tried).
+    Where the library draws one random tensor for a whole batch (PGD's start, Square), it is called
+    on the whole batch and the rows are kept: each image then starts where it would in a call on
+    the whole batch, whichever images are left to attack. Rows outside `rows` are returned as x."""
     whole = batch_dependent(kind, params)
     adv = x.clone()
     todo = rows

@@ -71,8 +71,8 @@ def perturbed_set(
     spec = evaluation.draw_spec(strength)  # the same draws with and without early stopping or pruning
     pruned = bool(evaluation.chain(strength))
     if kind_of(evaluation.kind).adversarial:
-        # All batches in one call: with early stopping, the images still attacked in every batch
-        # are stepped together (each image exactly as on its own batch, with its batch's seed).
+        # All batches in one call: our loop steps the images still attacked in every batch
+        # together (each image exactly as on its own batch, with its batch's seed).
         xs, ys = x.to(device), y.to(device)
         seeds = [batch_seed(eval_seed, spec, offset + first, batch_size) for first in range(0, len(x), batch_size)]
         per_image = image_seeds(eval_seed, spec, offset, len(x))

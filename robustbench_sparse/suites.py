@@ -53,7 +53,7 @@ class Evaluation:
 
     def full(self) -> Evaluation:
         """The same evaluation without pruning or early stopping: every eps attacks every image for
-        every step (the library's own attack). Transfer sets are crafted this way: an example that
+        every step (ending where the library's attack ends). Transfer sets are crafted this way: an example that
         only just fools its source transfers worse, so the fast mode would raise target accuracy."""
         params = tuple((k, False if k in MODE_PARAMS else v) for k, v in self.params)
         return replace(self, params=params)

@@ -88,6 +88,35 @@ def test_without_early_stopping_our_loop_is_the_library_bit_for_bit(trained_home
         assert torch.equal(ours, library)
 
 
+@pytest.mark.parametrize("name", ZOO)
+def test_an_images_logits_and_gradient_do_not_depend_on_the_thread_count(trained_home, mnist5k, name):
+    """Our loop decides 'fooled' and steps on chunks of one torch thread each, the library and the
+    scoring run on all of them: the logits and input gradients must be the same bit for bit."""
+    from robustbench_sparse.runtime import torch_threads
+
+    model = _model(trained_home, name)
+    x, y = mnist5k.test_x[:40], mnist5k.test_y[:40]
+
+    def step():
+        c = x.clone().requires_grad_(True)
+        logits = model(c)
+        return logits.detach(), torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y), c)[0]
+
+    with torch_threads(1):
+        one = step()
+    with torch_threads(2):
+        two = step()
+        assert attacks.crafting_threads(CPU) == 2
+        pooled = craft(model, "pgd", {**ITERATIVE["pgd"], "eps": 0.1}, x, y, seed=2)
+    with torch_threads(1):
+        assert attacks.crafting_threads(CPU) == 1
+        alone = craft(model, "pgd", {**ITERATIVE["pgd"], "eps": 0.1}, x, y, seed=2)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    assert torch.equal(pooled, alone)
+    assert attacks._chunks(0, 4, 2) == [] and attacks._chunks(9, 4, 1) == [slice(0, 4), slice(4, 8), slice(8, 9)]
+    assert [s.stop - s.start for s in attacks._chunks(9, 4, 2)] == [3, 3, 3]
+
+
 def test_early_stopping_is_seeded_and_stops_only_fooled_images(trained_home, mnist5k):
     model = _model(trained_home, "kwinner-boost")
     x, y = mnist5k.test_x[:40], mnist5k.test_y[:40]
@@ -142,6 +171,7 @@ def test_mifgsm_on_zero_gradients_matches_the_library():
     params = {"eps": 0.1, "steps": 3, "alpha": "auto", "decay": 1.0}
     fast = craft(model, "mifgsm", {**params, "early_stop": True}, x, y, seed=0)
     assert torch.equal(fast, x) and torch.equal(fast, craft(model, "mifgsm", {**params, "early_stop": False}, x, y, seed=0))
+    assert torch.equal(fast, _library(model, "mifgsm", params, x, y, seed=0))
     with pytest.raises(BudgetViolation, match="NaN"):
         attacks.check_budget(x, torch.full_like(x, float("nan")), 0.1)
 
@@ -397,8 +427,8 @@ def test_restarts_with_early_stopping_are_the_plain_restarts_cut_short(trained_h
 
 
 def test_pruning_a_library_attack_keeps_each_images_draw(trained_home, mnist5k):
-    """Without early stopping (the library's PGD), an attack on part of a batch still gives each
-    image the start a whole-batch call gives it."""
+    """Without early stopping (every image for every step), an attack on part of a batch still
+    gives each image the start a whole-batch call gives it."""
     model = _model(trained_home, "dense")
     x, y = mnist5k.test_x[:50], mnist5k.test_y[:50]
     params = {**ITERATIVE["pgd"], "eps": 0.1, "early_stop": False}
