@@ -28,11 +28,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from robustbench_sparse import harness
-from robustbench_sparse.attacks import _torchattacks
-from robustbench_sparse.executor import batch_seed
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.execution.executor import batch_seed
+from robustbench_sparse.perturb.attacks import _torchattacks
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import Paths, eval_mode
-from robustbench_sparse.store import ArtifactStore, ResultStore
 
 GRADIENT_ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd")
 

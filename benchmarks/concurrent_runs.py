@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from robustbench_sparse import harness
+from robustbench_sparse.results import harness
 from robustbench_sparse.runtime import Paths
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from robustbench_sparse.sparse import KWinners, KWinners2d
+from robustbench_sparse.zoo.sparse import KWinners, KWinners2d
 
 
 def median_ms(fns: list[Callable[[], object]], repeats: int, block: int = 25) -> list[float]:

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 import torchattacks
 
-from robustbench_sparse import harness
-from robustbench_sparse.checkpoints import load_checkpoint
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import Paths
-from robustbench_sparse.store import ArtifactStore, ResultStore
+from robustbench_sparse.zoo.checkpoints import load_checkpoint
 
 SUITE = """
 test_size = {n}

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from robustbench_sparse import harness
-from robustbench_sparse.executor import LocalExecutor
-from robustbench_sparse.ray_executor import RayExecutor
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.execution.executor import LocalExecutor
+from robustbench_sparse.execution.ray_executor import RayExecutor
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.store import ResultStore
+from robustbench_sparse.results.transfer import run_transfer
 from robustbench_sparse.runtime import Paths
-from robustbench_sparse.store import ArtifactStore, ResultStore
-from robustbench_sparse.transfer import run_transfer
 
 WARM_UP = """
 test_size = 50

@@ -23,10 +23,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from robustbench_sparse.data import DATASETS, load_dataset
+from robustbench_sparse.data.datasets import DATASETS, load_dataset
 from robustbench_sparse.runtime import Paths
-from robustbench_sparse.train import train_model, validation_accuracy
-from robustbench_sparse.zoo import load_zoo
+from robustbench_sparse.training.train import train_model, validation_accuracy
+from robustbench_sparse.zoo.spec import load_zoo
 
 # The keys a candidate may change: the recipe, not the network.
 RECIPE_KEYS = {"lr": float, "momentum": float, "lr_gamma": float, "epochs": int, "batch_size": int,

@@ -11,9 +11,9 @@ from typing import Annotated, Any, TypeVar
 import pandas as pd
 import typer
 
-from robustbench_sparse.attacks import BACKENDS, BudgetViolation
-from robustbench_sparse.data import DATASETS, default_data_root, load_dataset
-from robustbench_sparse.executor import EXECUTORS
+from robustbench_sparse.data.datasets import DATASETS, default_data_root, load_dataset
+from robustbench_sparse.execution.executor import EXECUTORS
+from robustbench_sparse.perturb.attacks import BACKENDS, BudgetViolation
 from robustbench_sparse.runtime import DEVICES, Paths, UserError, resolve_device
 
 app = typer.Typer(
@@ -94,7 +94,7 @@ def _resumable(store: Path) -> Callable[[], None]:
 
 def _executor(name: Any, address: str | None, workers: int | None) -> Any:
     """The executor the options ask for (the caller closes it)."""
-    from robustbench_sparse.executor import make_executor
+    from robustbench_sparse.execution.executor import make_executor
 
     options = {"address": address, "workers": workers} if name.value == "ray" else {}
     if name.value != "ray" and (address or workers):
@@ -133,8 +133,8 @@ def _print_table(frame: pd.DataFrame) -> None:
 @_user_errors
 def zoo(home: HomeOpt = None) -> None:
     """List the zoo's variants, their key settings, and which are trained for each dataset."""
-    from robustbench_sparse.checkpoints import checkpoint_status
-    from robustbench_sparse.zoo import load_zoo
+    from robustbench_sparse.zoo.checkpoints import checkpoint_status
+    from robustbench_sparse.zoo.spec import load_zoo
 
     paths = _paths(home)
     rows = []
@@ -164,8 +164,8 @@ def train(
     workers: WorkersOpt = None,
 ) -> None:
     """Train every zoo model for a dataset once and cache it under models/ (skips up-to-date ones)."""
-    from robustbench_sparse.train import train_zoo
-    from robustbench_sparse.zoo import load_zoo, select_models
+    from robustbench_sparse.execution.zoo_training import train_zoo
+    from robustbench_sparse.zoo.spec import load_zoo, select_models
 
     paths = _paths(home)
     specs = select_models(load_zoo(paths.zoo_spec), dataset.value, parse_names(models))
@@ -205,7 +205,7 @@ def _plan(
     dataset: Any, suite: str, models: str | None, seeds: str, device: Any, backend: Any,
     home: Path | None, data_root: Path | None, download: bool,
 ) -> Any:
-    from robustbench_sparse import harness
+    from robustbench_sparse.results import harness
 
     return harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value,
                         _backend(backend), home, data_root, download)
@@ -237,9 +237,9 @@ def evaluate(
     workers: WorkersOpt = None,
 ) -> None:
     """Run an evaluation suite against the trained zoo; resumes, and reuses finished cells."""
-    from robustbench_sparse import harness
-    from robustbench_sparse.diagnostics import masking_checks
-    from robustbench_sparse.tables import summary
+    from robustbench_sparse.analysis.diagnostics import masking_checks
+    from robustbench_sparse.analysis.tables import summary
+    from robustbench_sparse.results import harness
 
     the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
     _print_notes(the_plan.setup.notes)
@@ -280,8 +280,8 @@ def transfer(
     workers: WorkersOpt = None,
 ) -> None:
     """Craft each attack once per source model and evaluate it on every model (N x N matrices)."""
-    from robustbench_sparse import harness
-    from robustbench_sparse.transfer import run_transfer, transfer_matrix
+    from robustbench_sparse.results import harness
+    from robustbench_sparse.results.transfer import run_transfer, transfer_matrix
 
     the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
     _print_notes(the_plan.setup.notes)
@@ -316,8 +316,8 @@ def report(
 ) -> None:
     """Build tables, plots, the report, model cards (JSON) and reports/index.html from stored
     results (re-runs nothing)."""
-    from robustbench_sparse import harness
-    from robustbench_sparse.report import build_report
+    from robustbench_sparse.report.report import build_report
+    from robustbench_sparse.results import harness
 
     the_plan = harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), "cpu",
                             _backend(backend), home, data_root, False)
@@ -335,7 +335,7 @@ def report(
 def _interruptible(paths: Paths, dataset: str, call: Callable[[Any], Any], executor: Any, address: str | None,
                    workers: int | None) -> Any:
     """Run `call(executor)`; Ctrl-C says how to resume; the executor is closed either way."""
-    from robustbench_sparse import harness
+    from robustbench_sparse.results import harness
 
     runner = _executor(executor, address, workers)
     try:
@@ -364,7 +364,7 @@ def benchmark(
 ) -> None:
     """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything."""
     from robustbench_sparse import pipeline
-    from robustbench_sparse.tables import summary
+    from robustbench_sparse.analysis.tables import summary
 
     result = _interruptible(_paths(home), dataset.value, lambda runner: pipeline.benchmark(
         dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value, _backend(backend), home,
@@ -465,7 +465,7 @@ def check(
 @_user_errors
 def evaluations() -> None:
     """List the evaluation kinds a suite can use, with their parameters and valid ranges."""
-    from robustbench_sparse.evaluations import KINDS
+    from robustbench_sparse.evaluation.kinds import KINDS
 
     rows = [
         {

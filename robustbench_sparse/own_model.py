@@ -20,15 +20,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustbench_sparse import harness
-from robustbench_sparse.checkpoints import EXTERNAL, module_identity, pack_module
-from robustbench_sparse.data import DatasetInfo, default_data_root, load_dataset
-from robustbench_sparse.evaluations import DETERMINISM_RUNS, RANDOM_TOLERANCE, deterministic_flags, probability_rows
-from robustbench_sparse.executor import ENSEMBLE, Executor
+from robustbench_sparse.data.datasets import DatasetInfo, default_data_root, load_dataset
+from robustbench_sparse.evaluation.kinds import (
+    DETERMINISM_RUNS,
+    RANDOM_TOLERANCE,
+    deterministic_flags,
+    probability_rows,
+)
+from robustbench_sparse.execution.executor import ENSEMBLE, Executor
 from robustbench_sparse.pipeline import BenchmarkResult, Echo, _quiet, executor_for, train_missing, transfer_step
-from robustbench_sparse.report import build_report
+from robustbench_sparse.report.report import build_report
+from robustbench_sparse.results import harness
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.zoo import ModelSpec, load_zoo
+from robustbench_sparse.zoo.checkpoints import EXTERNAL, module_identity, pack_module
+from robustbench_sparse.zoo.spec import ModelSpec, load_zoo
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -14,11 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from robustbench_sparse import harness
-from robustbench_sparse.cells import test_fingerprint
-from robustbench_sparse.data import default_data_root, load_dataset
-from robustbench_sparse.executor import Executor, make_executor
-from robustbench_sparse.regression import (
+from robustbench_sparse.analysis.regression import (
     CheckResult,
     check_setup,
     compare,
@@ -26,10 +22,14 @@ from robustbench_sparse.regression import (
     read_baseline,
     write_baseline,
 )
-from robustbench_sparse.report import Report, build_report
+from robustbench_sparse.data.datasets import default_data_root, load_dataset
+from robustbench_sparse.evaluation.cells import test_fingerprint
+from robustbench_sparse.execution.executor import Executor, make_executor
+from robustbench_sparse.execution.zoo_training import TrainOutcome, train_zoo
+from robustbench_sparse.report.report import Report, build_report
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.transfer import run_transfer
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.train import TrainOutcome, train_zoo
-from robustbench_sparse.transfer import run_transfer
 
 Echo = Callable[[str], None]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustbench_sparse.data import Dataset, load_dataset
+from robustbench_sparse.data.datasets import Dataset, load_dataset
+from robustbench_sparse.execution.zoo_training import train_zoo
 from robustbench_sparse.runtime import REPO_ROOT, Paths
-from robustbench_sparse.train import train_zoo
-from robustbench_sparse.zoo import load_zoo, select_models
+from robustbench_sparse.zoo.spec import load_zoo, select_models
 
 os.environ.setdefault("RBS_NO_PROGRESS", "1")
 

@@ -5,16 +5,17 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_sparse import attacks, executor
-from robustbench_sparse.attacks import bpda_backward, check_budget, craft, gradient_health
-from robustbench_sparse.checkpoints import load_checkpoint
-from robustbench_sparse.data import dataset_info
-from robustbench_sparse.evaluations import kind_of, parse_spec, resolve, spec_string
+from robustbench_sparse.data.datasets import dataset_info
+from robustbench_sparse.evaluation.kinds import kind_of, parse_spec, resolve, spec_string
+from robustbench_sparse.evaluation.suites import parse_suite
+from robustbench_sparse.execution import executor
+from robustbench_sparse.perturb import attacks
+from robustbench_sparse.perturb.attacks import bpda_backward, check_budget, craft, gradient_health
 from robustbench_sparse.runtime import UserError, eval_mode
-from robustbench_sparse.sparse import kwinner_layers
-from robustbench_sparse.suites import parse_suite
-from robustbench_sparse.train import predict
-from robustbench_sparse.zoo import load_zoo, select_models
+from robustbench_sparse.training.train import predict
+from robustbench_sparse.zoo.checkpoints import load_checkpoint
+from robustbench_sparse.zoo.sparse import kwinner_layers
+from robustbench_sparse.zoo.spec import load_zoo, select_models
 
 CPU = torch.device("cpu")
 INFO = dataset_info("mnist5k")

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from robustbench_sparse import harness
-from robustbench_sparse.attacks import craft_batches
-from robustbench_sparse.checkpoints import load_checkpoint
-from robustbench_sparse.corruptions import CORRUPTIONS
-from robustbench_sparse.data import dataset_info
-from robustbench_sparse.evaluations import CORRUPTION_KINDS, KINDS, perturb, resolve
+from robustbench_sparse.data.datasets import dataset_info
+from robustbench_sparse.evaluation.kinds import CORRUPTION_KINDS, KINDS, perturb, resolve
+from robustbench_sparse.evaluation.suites import parse_suite
+from robustbench_sparse.perturb.attacks import craft_batches
+from robustbench_sparse.perturb.corruptions import CORRUPTIONS
+from robustbench_sparse.results import harness
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.suites import parse_suite
-from robustbench_sparse.zoo import load_zoo, select_models
+from robustbench_sparse.zoo.checkpoints import load_checkpoint
+from robustbench_sparse.zoo.spec import load_zoo, select_models
 
 CPU = torch.device("cpu")
 MNIST = dataset_info("mnist5k")
@@ -115,7 +115,7 @@ def test_corruption_draws_are_per_image_and_seeded(small_mnist):
 def test_the_corruptions_suite_reports_a_table_mce_and_a_picture(trained_home, tmp_path, small_mnist, monkeypatch):
     import shutil
 
-    from robustbench_sparse.report import build_report
+    from robustbench_sparse.report.report import build_report
     from robustbench_sparse.runtime import REPO_ROOT, Paths
 
     root = tmp_path / "home"

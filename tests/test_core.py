@@ -16,14 +16,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from robustbench_sparse import cells, harness
-from robustbench_sparse.checkpoints import checkpoint_status
 from robustbench_sparse.cli import app
-from robustbench_sparse.executor import perturbed_set
+from robustbench_sparse.evaluation import cells
+from robustbench_sparse.evaluation.suites import available_suites, parse_suite
+from robustbench_sparse.execution.executor import perturbed_set
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import REPO_ROOT, UserError, progress_disabled
-from robustbench_sparse.store import ResultStore
-from robustbench_sparse.suites import available_suites, parse_suite
-from robustbench_sparse.zoo import load_zoo, select_models
+from robustbench_sparse.zoo.checkpoints import checkpoint_status
+from robustbench_sparse.zoo.spec import load_zoo, select_models
 from tests.conftest import make_home
 
 runner = CliRunner()
@@ -79,7 +80,7 @@ def test_each_check_has_a_status_and_not_run_names_what_it_needs(home):
     assert _rbs(home, "evaluate", "--suite", "standard", "--models", "dense").exit_code == 0
     plan = harness.plan("mnist5k", "standard", ["dense"], device="cpu", home=home.home)
     checks = harness.open_store(plan.paths, "mnist5k").frame(c.key for c in plan.cells())
-    from robustbench_sparse.diagnostics import CHECK_NEEDS, masking_checks
+    from robustbench_sparse.analysis.diagnostics import CHECK_NEEDS, masking_checks
 
     table = masking_checks(checks)
     assert len(table) == len(CHECK_NEEDS) == 10 and set(table["status"]) <= {"fired", "passed", "not run"}
@@ -216,7 +217,7 @@ def test_gradient_share_is_kept_apart_from_accuracies(home):
     assert set(frame.loc[frame["kind"] == "logits", "metric"]) == {"logit-output share"}
     measured = frame["kind"].isin(["gradients", "determinism", "logits"])
     assert set(frame.loc[~measured, "metric"]) == {"accuracy"}
-    from robustbench_sparse.tables import summary
+    from robustbench_sparse.analysis.tables import summary
 
     columns = " ".join(summary(frame).columns)
     assert not any(name in columns for name in ("live-gradients", "determinism", "logits"))
@@ -332,7 +333,7 @@ def test_kill_9_then_the_same_command_gives_the_uninterrupted_records(shared, tm
 
 
 def test_suites_parse_strengths_canonically():
-    from robustbench_sparse.data import dataset_info
+    from robustbench_sparse.data.datasets import dataset_info
 
     suite = parse_suite('[[evaluations]]\nkind = "pgd"\neps = [1, 0.5]\n', "s", dataset_info("mnist5k"))
     assert suite.evaluation("pgd").strengths == (1.0, 0.5)
@@ -341,7 +342,7 @@ def test_suites_parse_strengths_canonically():
 
 
 def test_a_suite_may_set_its_test_size_per_dataset():
-    from robustbench_sparse.data import dataset_info
+    from robustbench_sparse.data.datasets import dataset_info
 
     text = 'test_size = {fashion-mnist = 2000, cifar10 = 1000}\n[[evaluations]]\nkind = "fgsm"\neps = [0.1]\n'
     assert parse_suite(text, "s", dataset_info("fashion-mnist")).test_size == 2000
@@ -380,7 +381,7 @@ def test_a_renamed_evaluation_reuses_its_cells_under_the_new_name(home, monkeypa
     ('evaluations = ["pgd"]\n', "`evaluations` must be a list of tables"),
 ])
 def test_malformed_suites_are_clear_errors(text, message):
-    from robustbench_sparse.data import dataset_info
+    from robustbench_sparse.data.datasets import dataset_info
 
     with pytest.raises(UserError, match=re.escape(message)):
         parse_suite(text, "bad", dataset_info("mnist5k"))

@@ -1,4 +1,4 @@
-"""MNIST-C corruptions (`robustbench_sparse.corruptions`): the registry, shapes, seeding, and the
+"""MNIST-C corruptions (`robustbench_sparse.perturb.corruptions`): the registry, shapes, seeding, and the
 published behaviour of each corruption, on real MNIST digits where it matters."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from robustbench_sparse import corruptions
-from robustbench_sparse.corruptions import CORRUPTIONS, Corruption, check_shape, corrupt
+from robustbench_sparse.perturb import corruptions
+from robustbench_sparse.perturb.corruptions import CORRUPTIONS, Corruption, check_shape, corrupt
 
 NAMES = list(CORRUPTIONS)
 DETERMINISTIC = {"brightness", "scale", "stripe", "canny_edges"}

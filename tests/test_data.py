@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustbench_sparse import data
+from robustbench_sparse.data import datasets as data
 from robustbench_sparse.runtime import UserError, import_torchvision
 
 IDX_NAMES = (

@@ -7,18 +7,20 @@ import pytest
 import torch
 import torchattacks
 
-from robustbench_sparse import attacks, harness
-from robustbench_sparse.attacks import BudgetViolation, craft
-from robustbench_sparse.cells import Cell
-from robustbench_sparse.checkpoints import load_checkpoint
-from robustbench_sparse.data import dataset_info
-from robustbench_sparse.evaluations import resolve
-from robustbench_sparse.executor import perturbed_set
+from robustbench_sparse.data.datasets import dataset_info
+from robustbench_sparse.evaluation.cells import Cell
+from robustbench_sparse.evaluation.kinds import resolve
+from robustbench_sparse.evaluation.suites import parse_suite
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.execution.executor import perturbed_set
+from robustbench_sparse.perturb import attacks
+from robustbench_sparse.perturb.attacks import BudgetViolation, craft
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import UserError, eval_mode
-from robustbench_sparse.sparse import KWinners, KWinners2d
-from robustbench_sparse.store import ArtifactStore, ResultStore
-from robustbench_sparse.suites import parse_suite
-from robustbench_sparse.zoo import load_zoo, select_models
+from robustbench_sparse.zoo.checkpoints import load_checkpoint
+from robustbench_sparse.zoo.sparse import KWinners, KWinners2d
+from robustbench_sparse.zoo.spec import load_zoo, select_models
 
 CPU = torch.device("cpu")
 INFO = dataset_info("mnist5k")
@@ -220,7 +222,7 @@ def test_pruned_sweeps_are_monotone_and_never_above_unpruned(trained_home, tmp_p
     plain = _run(_sweep_plan(trained_home, tmp_path, "prune = false"), tmp_path, "plain")
     assert pruned["spec"].str.contains("prune=true").all() == (pruned["kind"] != "clean").all()
     assert plain[plain["kind"] != "clean"]["spec"].str.contains("prune=false").all()
-    from robustbench_sparse.cells import decode_flags
+    from robustbench_sparse.evaluation.cells import decode_flags
 
     for (model, evaluation), sweep in pruned.groupby(["model", "evaluation"]):
         if evaluation == "clean":
@@ -240,8 +242,8 @@ def test_pruned_sweeps_are_monotone_and_never_above_unpruned(trained_home, tmp_p
 def test_harness_pruned_sweep_is_the_direct_one(trained_home, tmp_path):
     """The harness attacks at eps the images its own scoring found correct at the sweep's previous
     eps (no second forward pass); `correct_flags` recomputes them: the flags are the same."""
-    from robustbench_sparse.cells import decode_flags
-    from robustbench_sparse.executor import correct_flags
+    from robustbench_sparse.evaluation.cells import decode_flags
+    from robustbench_sparse.execution.executor import correct_flags
 
     plan = _sweep_plan(trained_home, tmp_path, "")
     frame = _run(plan, tmp_path, "pruned")
@@ -272,7 +274,7 @@ def test_pruned_sets_stay_in_their_ball_and_keep_earlier_examples(trained_home, 
     # The harness builds the same chain through its cache.
     cell = plan.cell("dense", 0, pgd, 0.3)
     with eval_mode(model):
-        from robustbench_sparse.executor import crafted_set
+        from robustbench_sparse.execution.executor import crafted_set
 
         assert torch.equal(crafted_set(cell, model, ws), previous)
 
@@ -306,8 +308,8 @@ def test_suite_prune_flag(trained_home):
     assert on_one.evaluation("pgd").pruned
     with pytest.raises(UserError, match="prune must be true or false"):
         parse_suite('prune = "yes"\n' + base, "s", INFO)
+    from robustbench_sparse.evaluation.suites import load_suite
     from robustbench_sparse.runtime import Paths
-    from robustbench_sparse.suites import load_suite
 
     shipped = Paths.default()
     # masking: unpruned sweeps for check 1, except AutoAttack (not read by check 1, and slow)
@@ -378,7 +380,7 @@ def test_torchattacks_is_the_cross_check_library():
 def test_input_conv_is_conv2d_with_the_same_gradients_to_rounding(padding, channels_last):
     """The first conv's fast input gradient: forward, weight and bias gradients exactly torch's,
     the input gradient equal to float rounding; without an input gradient it is nn.Conv2d."""
-    from robustbench_sparse.layers import InputConv2d
+    from robustbench_sparse.zoo.layers import InputConv2d
 
     torch.manual_seed(0)
     ref = torch.nn.Conv2d(1, 6, 5, padding=padding)
@@ -403,7 +405,7 @@ def test_input_conv_is_conv2d_with_the_same_gradients_to_rounding(padding, chann
 @pytest.mark.parametrize(("channels", "kernel", "padding"), [(1, (5, 5), (0, 0)), (3, (3, 5), (1, 2)), (2, (5, 3), (2, 0))])
 def test_col2im_is_torchs_fold_bit_for_bit(channels, kernel, padding):
     """The first conv's col2im (strided adds) gives F.fold's sums exactly, padding cropped."""
-    from robustbench_sparse.layers import _col2im
+    from robustbench_sparse.zoo.layers import _col2im
 
     torch.manual_seed(1)
     size = (14, 11)

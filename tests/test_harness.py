@@ -4,16 +4,17 @@ import pandas as pd
 import pytest
 import torch
 
-from robustbench_sparse import harness
-from robustbench_sparse.attacks import BudgetViolation, check_budget, craft
-from robustbench_sparse.checkpoints import load_checkpoint
-from robustbench_sparse.diagnostics import ordering_flags
-from robustbench_sparse.executor import correct_flags
+from robustbench_sparse.analysis.diagnostics import ordering_flags
+from robustbench_sparse.evaluation.suites import load_suite
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.execution.executor import correct_flags
+from robustbench_sparse.perturb.attacks import BudgetViolation, check_budget, craft
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import Paths, UserError, eval_mode
-from robustbench_sparse.store import ArtifactStore, ResultStore
-from robustbench_sparse.suites import load_suite
-from robustbench_sparse.train import predict
-from robustbench_sparse.zoo import load_zoo, select_models
+from robustbench_sparse.training.train import predict
+from robustbench_sparse.zoo.checkpoints import load_checkpoint
+from robustbench_sparse.zoo.spec import load_zoo, select_models
 
 CPU = torch.device("cpu")
 
@@ -154,7 +155,7 @@ def test_attacks_stay_in_the_eps_ball_and_pixel_range(trained, mnist5k, kind, ba
 @pytest.mark.parametrize("kind", ["fgsm", "ifgsm", "mifgsm", "pgd"])
 def test_real_attacks_at_eps_zero_return_the_input_exactly(trained, mnist5k, kind):
     """craft() skips the work at eps = 0; this shows the libraries themselves agree."""
-    from robustbench_sparse.attacks import _foolbox, _torchattacks
+    from robustbench_sparse.perturb.attacks import _foolbox, _torchattacks
 
     model = _model(trained, "dense", mnist5k.info)
     x, y = mnist5k.test_x[:20], mnist5k.test_y[:20]

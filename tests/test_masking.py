@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_sparse.cells import Cell, make_record
-from robustbench_sparse.diagnostics import masking_flags, most_effective
-from robustbench_sparse.executor import correct_flags, perturbed_set, score
+from robustbench_sparse.analysis.diagnostics import masking_flags, most_effective
+from robustbench_sparse.evaluation.cells import Cell, make_record
+from robustbench_sparse.evaluation.suites import parse_suite
+from robustbench_sparse.execution.executor import correct_flags, perturbed_set, score
 from robustbench_sparse.runtime import eval_mode
-from robustbench_sparse.sparse import KWinners
-from robustbench_sparse.suites import parse_suite
+from robustbench_sparse.zoo.sparse import KWinners
 
 CPU = torch.device("cpu")
 
@@ -262,7 +262,7 @@ def test_each_autoattack_check_fires_on_a_model_built_to_trip_it(aa_records, mod
 
 
 def test_every_check_has_a_status_and_the_new_ones_ran(aa_records):
-    from robustbench_sparse.diagnostics import CHECK_NEEDS, masking_checks
+    from robustbench_sparse.analysis.diagnostics import CHECK_NEEDS, masking_checks
 
     checks = masking_checks(aa_records)
     plain = checks[checks["model"] == "plain"]

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_sparse import evaluate_model, harness
-from robustbench_sparse.attacks import bpda_backward, looks_like_kwinners
-from robustbench_sparse.data import dataset_info
+from robustbench_sparse import evaluate_model
+from robustbench_sparse.data.datasets import dataset_info
+from robustbench_sparse.execution.zoo_training import train_zoo
 from robustbench_sparse.own_model import contract_problems
+from robustbench_sparse.perturb.attacks import bpda_backward, looks_like_kwinners
+from robustbench_sparse.results import harness
 from robustbench_sparse.runtime import REPO_ROOT, Paths, UserError
-from robustbench_sparse.train import train_zoo
-from robustbench_sparse.zoo import build_model, load_zoo, select_models
+from robustbench_sparse.zoo.spec import build_model, load_zoo, select_models
 
 # Two evaluations, a handful of images: enough to see rows beside the zoo's.
 SUITE = """
@@ -192,13 +193,13 @@ def test_an_import_path_family_trains_and_reports_beside_the_zoo(tmp_path, small
     plan = harness.plan("mnist5k", "own", device="cpu", home=paths.home)
     frame = harness.run(plan)
     assert set(frame["model"]) == {"dense", "my-mlp"}
-    from robustbench_sparse.report import build_report
+    from robustbench_sparse.report.report import build_report
 
     report = build_report(plan)
     overview = pd.read_csv(report.folder / "tables" / "overview.csv")
     assert list(overview["model"]) == ["dense", "my-mlp"]
     # editing the builder's file makes the checkpoint stale: its code is part of the config hash
-    from robustbench_sparse.checkpoints import checkpoint_status
+    from robustbench_sparse.zoo.checkpoints import checkpoint_status
 
     assert checkpoint_status(paths, specs[1], "mnist5k", 0) == "trained"
     (paths.home / "my_scratch_models.py").write_text(BUILDER.replace("nn.ReLU()", "nn.Tanh()"))
@@ -312,7 +313,7 @@ def test_the_readme_example_runs_as_written(trained_home, tmp_path, monkeypatch,
 
 
 def test_identity_follows_weights_settings_and_code_not_the_process():
-    from robustbench_sparse.checkpoints import module_identity
+    from robustbench_sparse.zoo.checkpoints import module_identity
 
     class Gate(nn.Module):
         def __init__(self) -> None:

@@ -16,14 +16,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from robustbench_sparse import harness  # noqa: E402
-from robustbench_sparse.checkpoints import read_manifest  # noqa: E402
+from robustbench_sparse.results import harness  # noqa: E402
 from robustbench_sparse.cli import app  # noqa: E402
-from robustbench_sparse.executor import LocalExecutor  # noqa: E402
-from robustbench_sparse.store import ArtifactStore, ResultStore  # noqa: E402
-from robustbench_sparse.train import train_zoo  # noqa: E402
-from robustbench_sparse.transfer import run_transfer  # noqa: E402
-from robustbench_sparse.zoo import load_zoo, select_models  # noqa: E402
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.execution.executor import LocalExecutor  # noqa: E402
+from robustbench_sparse.execution.zoo_training import train_zoo  # noqa: E402
+from robustbench_sparse.results.store import ResultStore  # noqa: E402
+from robustbench_sparse.results.transfer import run_transfer  # noqa: E402
+from robustbench_sparse.zoo.checkpoints import read_manifest  # noqa: E402
+from robustbench_sparse.zoo.spec import load_zoo, select_models  # noqa: E402
 from tests.conftest import make_home  # noqa: E402
 
 ray = pytest.importorskip("ray")
@@ -62,7 +63,7 @@ def ray_home(trained_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_ray():
     """One private Ray (2 CPUs) for the module: starting Ray costs seconds."""
-    from robustbench_sparse.ray_executor import RayExecutor
+    from robustbench_sparse.execution.ray_executor import RayExecutor
 
     executor = RayExecutor(workers=2)
     yield executor
@@ -114,7 +115,7 @@ def test_a_two_node_cluster_survives_losing_a_node(ray_home, local_ray, tmp_path
     those of an undisturbed run."""
     from ray.cluster_utils import Cluster
 
-    from robustbench_sparse.ray_executor import RayExecutor
+    from robustbench_sparse.execution.ray_executor import RayExecutor
 
     plan = harness.plan("mnist5k", "ray", device="cpu", home=ray_home.home)
     reference = _records(plan, ResultStore(tmp_path / "reference.sqlite"), local_ray)

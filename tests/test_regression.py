@@ -144,7 +144,7 @@ kind = "gradients"
 def test_a_change_that_kills_gradients_fails_the_check(home, tmp_path, monkeypatch):
     """Gradients cut at the k-winners layers make every attack weaker: accuracy under attack rises.
     That must fail CI (new masking flags; suspicious rises), not pass as an improvement."""
-    from robustbench_sparse import sparse
+    from robustbench_sparse.zoo import sparse
 
     (home.suites / "cim.toml").write_text(MASKING_SUITE)
     out = tmp_path / "baseline.json"

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from robustbench_sparse.sparse import KWinners, KWinners2d, SparseWeights, rezero_weights
+from robustbench_sparse.zoo.sparse import KWinners, KWinners2d, SparseWeights, rezero_weights
 
 
 def _positive(*shape: int) -> torch.Tensor:

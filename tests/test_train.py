@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from robustbench_sparse.checkpoints import load_checkpoint, manifest_path
+from robustbench_sparse.execution.zoo_training import train_zoo
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.train import clean_accuracy, train_model, train_zoo
-from robustbench_sparse.zoo import load_zoo, select_models
+from robustbench_sparse.training.train import clean_accuracy, train_model
+from robustbench_sparse.zoo.checkpoints import load_checkpoint, manifest_path
+from robustbench_sparse.zoo.spec import load_zoo, select_models
 
 CPU = torch.device("cpu")
 
@@ -104,8 +105,8 @@ def test_train_prints_validation_accuracy_next_to_test_accuracy(tiny_home, small
     from typer.testing import CliRunner
 
     from robustbench_sparse import cli
-    from robustbench_sparse.checkpoints import read_manifest
-    from robustbench_sparse.data import dataset_info
+    from robustbench_sparse.data.datasets import dataset_info
+    from robustbench_sparse.zoo.checkpoints import read_manifest
 
     fashion = dataclasses.replace(small_mnist, info=dataset_info("fashion-mnist"), train_x=small_mnist.train_x[200:],
                                   train_y=small_mnist.train_y[200:], val_x=small_mnist.train_x[:200],

@@ -7,11 +7,12 @@ import subprocess
 import pandas as pd
 import pytest
 
-from robustbench_sparse import executor, harness
-from robustbench_sparse.cells import decode_flags
-from robustbench_sparse.report import build_report
-from robustbench_sparse.store import ResultStore
-from robustbench_sparse.transfer import run_transfer, transfer_matrix
+from robustbench_sparse.evaluation.cells import decode_flags
+from robustbench_sparse.execution import executor
+from robustbench_sparse.report.report import build_report
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.store import ResultStore
+from robustbench_sparse.results.transfer import run_transfer, transfer_matrix
 
 SUITE = """
 test_size = 50
@@ -128,7 +129,7 @@ def test_report_builds_from_stored_results_only(home, monkeypatch):
 
 
 def test_worst_case_is_per_sample_and_never_above_any_attack(home):
-    from robustbench_sparse.report import worst_case
+    from robustbench_sparse.report.report import worst_case
 
     plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
     white = harness.run(plan)
@@ -202,7 +203,7 @@ def test_cards_validate_against_the_schema_and_the_index_lists_every_run(home):
 
     import jsonschema
 
-    from robustbench_sparse.report import CARD_SCHEMA
+    from robustbench_sparse.report.report import CARD_SCHEMA
 
     for suite in ("moves", "moves-ens"):
         plan = harness.plan("mnist5k", suite, ["dense", "dropout", "kwinner"], device="cpu", home=home.home)
@@ -250,7 +251,7 @@ def test_rank_changes_name_real_reorderings_not_ties():
     under the worst case and kwinner-boost keeps 0.3%: only the pair that swapped is named."""
     import pandas as pd
 
-    from robustbench_sparse.report import _rank_changes
+    from robustbench_sparse.report.report import _rank_changes
 
     means = pd.DataFrame({
         "strength": [0.3] * 5,
@@ -274,8 +275,8 @@ def test_constant_per_seed_accuracies_are_not_called_certain():
     """Two seeds each, no spread over seeds: Welch's t is undefined, so the paired test decides."""
     import numpy as np
 
-    from robustbench_sparse.cells import encode_flags
-    from robustbench_sparse.stats import compare_to_reference
+    from robustbench_sparse.analysis.stats import compare_to_reference
+    from robustbench_sparse.evaluation.cells import encode_flags
 
     rows = []
     for model, right in (("dense", 50), ("kwinner", 51)):
@@ -293,7 +294,7 @@ def test_constant_per_seed_accuracies_are_not_called_certain():
 
 
 def test_answer_keeps_clean_apart_and_says_at_how_many_strengths():
-    from robustbench_sparse.report import answer
+    from robustbench_sparse.report.report import answer
 
     tests = pd.DataFrame([
         {"evaluation": "clean", "strength": 0.0, "param": "", "kind": "clean", "model": "kwinner",
@@ -325,7 +326,7 @@ def test_answer_keeps_clean_apart_and_says_at_how_many_strengths():
 
 
 def test_answer_flags_a_clean_gap_beyond_the_fair_recipe_rule_significant_or_not():
-    from robustbench_sparse.report import CLEAN_GAP_POINTS, answer
+    from robustbench_sparse.report.report import CLEAN_GAP_POINTS, answer
 
     def clean(model: str, difference: float, significant: bool) -> dict:
         return {"evaluation": "clean", "strength": 0.0, "param": "", "kind": "clean", "model": model,
@@ -352,7 +353,7 @@ def _pixel_rows(model: str, seed: int, right_per_level: list[int], n: int = 100)
     import numpy as np
     import torch
 
-    from robustbench_sparse.cells import encode_flags
+    from robustbench_sparse.evaluation.cells import encode_flags
 
     rows = []
     for level, right in enumerate(right_per_level):
@@ -365,8 +366,8 @@ def _pixel_rows(model: str, seed: int, right_per_level: list[int], n: int = 100)
 
 
 def test_noise_scores_are_tested_once_per_model_over_seeds_and_holm_corrected():
-    from robustbench_sparse.report import noise_score_sentence
-    from robustbench_sparse.stats import compare_noise_scores
+    from robustbench_sparse.analysis.stats import compare_noise_scores
+    from robustbench_sparse.report.report import noise_score_sentence
 
     rows = []
     for seed, jitter in enumerate((0, 2, -1)):
@@ -388,7 +389,7 @@ def test_noise_scores_are_tested_once_per_model_over_seeds_and_holm_corrected():
 
 
 def test_a_noise_score_from_one_seed_is_tested_paired_over_images_not_over_pooled_levels():
-    from robustbench_sparse.stats import compare_noise_scores
+    from robustbench_sparse.analysis.stats import compare_noise_scores
 
     # 3 levels of 100 images: kwinner survives one more level than dense on 40 images, never fewer
     rows = _pixel_rows("dense", 0, [90, 60, 30]) + _pixel_rows("kwinner", 0, [90, 80, 50])
@@ -402,7 +403,7 @@ def test_a_noise_score_from_one_seed_is_tested_paired_over_images_not_over_poole
 
 
 def test_a_noise_score_is_counted_over_the_same_levels_and_seeds_for_both_models():
-    from robustbench_sparse.stats import compare_noise_scores
+    from robustbench_sparse.analysis.stats import compare_noise_scores
 
     # dense has three seeds, seed 0 much stronger; kwinner has only seed 0 and is worse there
     rows = _pixel_rows("dense", 0, [95, 90, 85]) + _pixel_rows("dense", 1, [60, 50, 40])

@@ -9,7 +9,7 @@ something its number depends on changes:
 - the canonical spec string, the number of test images and a fingerprint of those images and
   labels, the evaluation seed;
 - the versions of torch, torchattacks and foolbox, and a hash of this project's own code that
-  draws, crafts and scores (`NUMBER_MODULES`: noise, attacks, k-winners, the first conv, evaluation kinds,
+  draws, crafts and scores (`code_version.NUMBER_CODE`: noise, attacks, k-winners, the first conv, evaluation kinds,
   executor tasks, seeds and eval mode);
 - the batch size, only for attacks whose library draws randomness per batch;
 - for a pruned sweep, the sweep's strengths up to the cell's (the set at eps builds on the sets
@@ -30,15 +30,15 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from robustbench_sparse.evaluations import kind_of
+from robustbench_sparse.evaluation.code_version import code_version
+from robustbench_sparse.evaluation.kinds import kind_of
+from robustbench_sparse.evaluation.suites import Evaluation
 from robustbench_sparse.runtime import library_versions
-from robustbench_sparse.suites import Evaluation
 
 COLUMNS = [
     "model", "dataset", "seed", "evaluation", "kind", "metric", "param", "strength", "n", "correct", "accuracy",
@@ -46,19 +46,15 @@ COLUMNS = [
     "flags", "key",
 ]
 
-# The libraries whose code computes the numbers, and our own modules that do.
+# The libraries whose code computes the numbers (our own: `code_version.NUMBER_CODE`).
 NUMBER_LIBRARIES = ("torch", "torchattacks", "foolbox")
-NUMBER_MODULES = ("noise.py", "corruptions.py", "attacks.py", "sparse.py", "layers.py", "evaluations.py", "executor.py",
-                  "runtime.py")
 
 
 @functools.lru_cache(maxsize=1)
 def environment() -> dict[str, str]:
-    """What a number depends on besides its cell: library versions and our own code's hash."""
+    """What a number depends on besides its cell: library versions and our own code's version."""
     versions = library_versions()
-    here = Path(__file__).resolve().parent
-    code = hashlib.sha256(b"".join((here / m).read_bytes() for m in NUMBER_MODULES)).hexdigest()
-    return {**{k: versions[k] for k in NUMBER_LIBRARIES}, "code": code[:16]}
+    return {**{k: versions[k] for k in NUMBER_LIBRARIES}, "code": code_version()}
 
 
 @functools.lru_cache(maxsize=1)

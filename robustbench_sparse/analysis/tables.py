@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from robustbench_sparse.diagnostics import check_summary, masking_checks
-from robustbench_sparse.evaluations import ACCURACY, parse_spec
+from robustbench_sparse.analysis.diagnostics import check_summary, masking_checks
+from robustbench_sparse.evaluation.kinds import ACCURACY, parse_spec
 
 
 def _fmt(mean: float, std: float, count: int, digits: int) -> float | str:

@@ -24,10 +24,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from robustbench_sparse.cells import COLUMNS, Cell, Job, environment, make_record, test_fingerprint
-from robustbench_sparse.checkpoints import EXTERNAL, checkpoint_bytes, checkpoint_status, read_manifest
-from robustbench_sparse.data import Dataset, DatasetInfo, dataset_info, default_data_root, load_dataset
-from robustbench_sparse.executor import Executor, Workspace, cells_by_set, make_executor
+from robustbench_sparse.data.datasets import Dataset, DatasetInfo, dataset_info, default_data_root, load_dataset
+from robustbench_sparse.evaluation.cells import COLUMNS, Cell, Job, environment, make_record, test_fingerprint
+from robustbench_sparse.evaluation.suites import Suite, TransferPlan, load_suite
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.execution.executor import Executor, Workspace, cells_by_set, make_executor
+from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import (
     Paths,
     UserError,
@@ -36,16 +38,15 @@ from robustbench_sparse.runtime import (
     progress_disabled,
     resolve_device,
 )
-from robustbench_sparse.store import ArtifactStore, ResultStore
-from robustbench_sparse.suites import Suite, TransferPlan, load_suite
-from robustbench_sparse.zoo import ModelSpec, load_zoo, select_models
+from robustbench_sparse.zoo.checkpoints import EXTERNAL, checkpoint_bytes, checkpoint_status, read_manifest
+from robustbench_sparse.zoo.spec import ModelSpec, load_zoo, select_models
 
 
 def with_backend(suite: Suite, backend: str | None) -> Suite:
     """The suite with its attacks run through `backend` where that backend has the attack."""
     if backend is None:
         return suite
-    from robustbench_sparse.attacks import BACKENDS, FOOLBOX_ATTACKS
+    from robustbench_sparse.perturb.attacks import BACKENDS, FOOLBOX_ATTACKS
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")

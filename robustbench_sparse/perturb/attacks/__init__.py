@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed, torch_threads
-from robustbench_sparse.sparse import _KWinnersBase
+from robustbench_sparse.zoo.sparse import _KWinnersBase
 
 BACKENDS = ("torchattacks", "foolbox")
 ATTACKS = ("fgsm", "ifgsm", "mifgsm", "pgd", "square", "apgd", "autoattack")

@@ -19,7 +19,7 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from robustbench_sparse.cells import decode_flags
+from robustbench_sparse.evaluation.cells import decode_flags
 
 ALPHA = 0.05
 COLUMNS = ["evaluation", "strength", "model", "reference", "difference", "test", "p", "p (Holm)", "significant"]

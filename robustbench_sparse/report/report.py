@@ -22,19 +22,19 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from robustbench_sparse import harness
-from robustbench_sparse.attacks import ATTACKS, early_stops
-from robustbench_sparse.cells import decode_flags, encode_flags, environment
-from robustbench_sparse.checkpoints import EXTERNAL
-from robustbench_sparse.corruptions import CORRUPTIONS, corrupt
-from robustbench_sparse.diagnostics import CHECK_NEEDS, masking_checks, most_effective
-from robustbench_sparse.evaluations import CORRUPTION_KINDS, kind_of
-from robustbench_sparse.executor import ENSEMBLE
+from robustbench_sparse.analysis.diagnostics import CHECK_NEEDS, masking_checks, most_effective
+from robustbench_sparse.analysis.stats import compare_noise_scores, compare_to_reference, reference_model
+from robustbench_sparse.analysis.tables import accuracies, paper_pixel, seed_stats, summary
+from robustbench_sparse.evaluation.cells import decode_flags, encode_flags, environment
+from robustbench_sparse.evaluation.kinds import CORRUPTION_KINDS, kind_of
+from robustbench_sparse.evaluation.suites import Suite
+from robustbench_sparse.execution.executor import ENSEMBLE
+from robustbench_sparse.perturb.attacks import ATTACKS, early_stops
+from robustbench_sparse.perturb.corruptions import CORRUPTIONS, corrupt
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.transfer import transfer_cells, transfer_matrix
 from robustbench_sparse.runtime import Paths, UserError, atomic_write_text, generator, library_versions, stable_seed
-from robustbench_sparse.stats import compare_noise_scores, compare_to_reference, reference_model
-from robustbench_sparse.suites import Suite
-from robustbench_sparse.tables import accuracies, paper_pixel, seed_stats, summary
-from robustbench_sparse.transfer import transfer_cells, transfer_matrix
+from robustbench_sparse.zoo.checkpoints import EXTERNAL
 
 SEEDS_NOTE = "; with several training seeds: mean ± std over seeds"
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_sparse import attacks, corruptions, noise
-from robustbench_sparse.data import DatasetInfo
+from robustbench_sparse.data.datasets import DatasetInfo
+from robustbench_sparse.perturb import attacks, corruptions, noise
 from robustbench_sparse.runtime import UserError, generator
 
 

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_sparse.cells import Cell, Job, environment_id
-from robustbench_sparse.checkpoints import model_from_bytes
-from robustbench_sparse.data import Dataset, DatasetInfo
-from robustbench_sparse.evaluations import ACCURACY, kind_of
-from robustbench_sparse.executor import (
+from robustbench_sparse.data.datasets import Dataset, DatasetInfo
+from robustbench_sparse.evaluation.cells import Cell, Job, environment_id
+from robustbench_sparse.evaluation.kinds import ACCURACY, kind_of
+from robustbench_sparse.evaluation.suites import Evaluation
+from robustbench_sparse.execution.executor import (
     ENSEMBLE,
     Ensemble,
     Outcome,
@@ -41,8 +41,8 @@ from robustbench_sparse.executor import (
     score,
 )
 from robustbench_sparse.runtime import UserError, eval_mode, torch_threads
-from robustbench_sparse.suites import Evaluation
-from robustbench_sparse.zoo import ModelSpec, build_model
+from robustbench_sparse.zoo.checkpoints import model_from_bytes
+from robustbench_sparse.zoo.spec import ModelSpec, build_model
 
 Recipe = tuple[ModelSpec, bytes]  # a model as it travels: its spec and its checkpoint's bytes
 
@@ -58,7 +58,7 @@ def _import_ray() -> Any:
 def _same_environment(expected: str) -> None:
     """A worker must compute with the driver's libraries and code, or its numbers would be stored
     under keys that do not describe them."""
-    from robustbench_sparse.cells import environment, environment_id
+    from robustbench_sparse.evaluation.cells import environment, environment_id
 
     if environment_id() != expected:
         raise RuntimeError(f"this Ray worker runs other versions or code than the driver ({environment()}); "
@@ -115,7 +115,7 @@ def measure_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: 
 
 def train_task(env: str, spec: ModelSpec, data: Dataset, seed: int, device: str,
                threads: int) -> tuple[dict[str, Any], float]:
-    from robustbench_sparse.train import train_model
+    from robustbench_sparse.training.train import train_model
 
     _same_environment(env)
     started = time.perf_counter()

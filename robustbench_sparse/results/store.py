@@ -1,4 +1,4 @@
-"""Where finished work lives: results (one record per cell) and artifacts (adversarial sets).
+"""Where finished work lives: results, one record per cell (crafted sets: `execution.cache`).
 
 Results go to an SQLite database in WAL mode (`reports/<dataset>/results.sqlite`), safe for several
 processes on one machine. Each record is written in its own transaction, so `kill -9` at any point
@@ -18,25 +18,21 @@ one JSON object per line) is written beside the database after each run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import os
-import pickle
 import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from robustbench_sparse.cells import COLUMNS
-from robustbench_sparse.runtime import atomic_write_bytes, atomic_write_text
+from robustbench_sparse.evaluation.cells import COLUMNS
+from robustbench_sparse.runtime import atomic_write_text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, record TEXT NOT NULL);
@@ -206,40 +202,3 @@ class ResultStore:
     def close(self) -> None:
         self._stop.set()
         self.release_all()
-
-
-class ArtifactStore:
-    """Adversarial sets on disk, one file per set key: written atomically (a reader never sees half
-    a file) and never trusted when damaged."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-
-    def path(self, set_key: str) -> Path:
-        digest = hashlib.sha256(set_key.encode()).hexdigest()
-        return self.folder / digest[:2] / f"{digest[2:26]}.pt"
-
-    def load(self, set_key: str) -> torch.Tensor | None:
-        """The stored set, or None when there is none (a damaged file is removed, never trusted)."""
-        path = self.path(set_key)
-        if not path.exists():
-            return None
-        try:
-            return torch.load(path, weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError):
-            path.unlink(missing_ok=True)
-            return None
-
-    def save(self, set_key: str, adv: torch.Tensor) -> None:
-        buffer = io.BytesIO()
-        torch.save(adv, buffer)
-        atomic_write_bytes(self.path(set_key), buffer.getvalue())
-
-    def get(self, set_key: str, craft: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
-        """The set, and whether it was crafted now (False: read from disk)."""
-        adv = self.load(set_key)
-        if adv is not None:
-            return adv, False
-        adv = craft()
-        self.save(set_key, adv)
-        return adv, True

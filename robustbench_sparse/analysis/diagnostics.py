@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustbench_sparse.attacks import ATTACKS
-from robustbench_sparse.cells import decode_flags
-from robustbench_sparse.evaluations import parse_spec
+from robustbench_sparse.evaluation.cells import decode_flags
+from robustbench_sparse.evaluation.kinds import parse_spec
+from robustbench_sparse.perturb.attacks import ATTACKS
 
 LABELS = {"fgsm": "FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd": "PGD", "square": "Square", "apgd": "APGD",
           "autoattack": "AutoAttack"}

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from robustbench_sparse import harness
-from robustbench_sparse.cells import Cell
-from robustbench_sparse.executor import ENSEMBLE, Executor
+from robustbench_sparse.evaluation.cells import Cell
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.execution.executor import ENSEMBLE, Executor
+from robustbench_sparse.results import harness
+from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.store import ArtifactStore, ResultStore
 
 
 def ensemble_id(checkpoints: list[str]) -> str:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from robustbench_sparse.data import DATASETS, DatasetInfo
-from robustbench_sparse.evaluations import kind_of, resolve, spec_string
+from robustbench_sparse.data.datasets import DATASETS, DatasetInfo
+from robustbench_sparse.evaluation.kinds import kind_of, resolve, spec_string
 from robustbench_sparse.runtime import Paths, UserError
 
 

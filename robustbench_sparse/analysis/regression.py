@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from robustbench_sparse.diagnostics import masking_checks
-from robustbench_sparse.evaluations import ACCURACY, kind_of
-from robustbench_sparse.harness import Plan, Setup, run_metadata
+from robustbench_sparse.analysis.diagnostics import masking_checks
+from robustbench_sparse.evaluation.kinds import ACCURACY, kind_of
+from robustbench_sparse.results.harness import Plan, Setup, run_metadata
 from robustbench_sparse.runtime import UserError, atomic_write_text
 
 FORMAT = "robustbench-sparse baseline 2"

@@ -19,16 +19,16 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from robustbench_sparse import noise
-from robustbench_sparse.attacks import craft_batches, live_gradients
-from robustbench_sparse.cells import Cell, Job
-from robustbench_sparse.checkpoints import model_from_bytes
-from robustbench_sparse.data import Dataset, DatasetInfo
-from robustbench_sparse.evaluations import ACCURACY, deterministic_flags, kind_of, logit_flags, perturb
+from robustbench_sparse.data.datasets import Dataset, DatasetInfo
+from robustbench_sparse.evaluation.cells import Cell, Job
+from robustbench_sparse.evaluation.kinds import ACCURACY, deterministic_flags, kind_of, logit_flags, perturb
+from robustbench_sparse.evaluation.suites import Evaluation
+from robustbench_sparse.execution.cache import ArtifactStore
+from robustbench_sparse.perturb import noise
+from robustbench_sparse.perturb.attacks import craft_batches, live_gradients
 from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed, torch_threads
-from robustbench_sparse.store import ArtifactStore
-from robustbench_sparse.suites import Evaluation
-from robustbench_sparse.zoo import ModelSpec
+from robustbench_sparse.zoo.checkpoints import model_from_bytes
+from robustbench_sparse.zoo.spec import ModelSpec
 
 
 def image_seeds(eval_seed: int, spec: str, start: int, count: int) -> list[int]:
@@ -269,7 +269,7 @@ class LocalExecutor:
 
     def train(self, tasks: list[TrainTask], data: Dataset, device: torch.device) -> Iterator[
             tuple[ModelSpec, int, nn.Module, float]]:
-        from robustbench_sparse.train import train_model
+        from robustbench_sparse.training.train import train_model
 
         for spec, seed in tasks:
             started = time.perf_counter()
@@ -290,8 +290,8 @@ def _no_options(name: str, unused: dict[str, Any]) -> None:
 
 # name -> "module:Class", imported only when used (an engine's package is needed only for its executor).
 EXECUTORS: dict[str, str] = {
-    "local": "robustbench_sparse.executor:LocalExecutor",
-    "ray": "robustbench_sparse.ray_executor:RayExecutor",
+    "local": "robustbench_sparse.execution.executor:LocalExecutor",
+    "ray": "robustbench_sparse.execution.ray_executor:RayExecutor",
 }
 
 

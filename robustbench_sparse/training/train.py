@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustbench_sparse.checkpoints import (
-    Manifest,
-    checkpoint_status,
-    read_manifest,
-    save_checkpoint,
-)
-from robustbench_sparse.data import Dataset
+from robustbench_sparse.data.datasets import Dataset
 from robustbench_sparse.runtime import (
-    Paths,
     eval_mode,
     generator,
     progress_disabled,
     seed_everything,
 )
-from robustbench_sparse.sparse import rezero_weights, update_boost_strength
-from robustbench_sparse.zoo import ModelSpec, build_model
+from robustbench_sparse.zoo.checkpoints import (
+    Manifest,
+)
+from robustbench_sparse.zoo.sparse import rezero_weights, update_boost_strength
+from robustbench_sparse.zoo.spec import ModelSpec, build_model
 
 
 @torch.inference_mode()
@@ -83,51 +77,3 @@ class TrainOutcome:
     seed: int
     action: str  # "trained", "retrained (settings changed)", "cached", ...
     manifest: Manifest
-
-
-def train_zoo(
-    paths: Paths,
-    specs: list[ModelSpec],
-    dataset: str,
-    load_data: Callable[[], Dataset],
-    seeds: list[int],
-    device: torch.device,
-    force: bool = False,
-    executor: Any = None,
-) -> list[TrainOutcome]:
-    """Train every (spec, seed) that has no up-to-date checkpoint (all of them with `force`), on
-    `executor` (default: this process). Checkpoints are written here, by the caller's process.
-
-    `load_data` is called at most once, and only if something needs training."""
-    from robustbench_sparse.executor import LocalExecutor
-
-    outcomes: dict[tuple[str, int], TrainOutcome] = {}
-    todo, statuses = [], {}
-    for seed in seeds:
-        for spec in specs:
-            status = checkpoint_status(paths, spec, dataset, seed)
-            if status == "trained" and not force:
-                manifest = read_manifest(paths, dataset, spec.name, seed)
-                assert manifest is not None
-                outcomes[(spec.name, seed)] = TrainOutcome(spec.name, seed, "cached", manifest)
-            else:
-                todo.append((spec, seed))
-                statuses[(spec.name, seed)] = status
-    if todo:
-        data = load_data()
-        runner = executor or LocalExecutor()
-        bar = tqdm(total=len(todo), desc="models", disable=progress_disabled())
-        for spec, seed, model, seconds in runner.train(todo, data, device):
-            manifest = save_checkpoint(
-                paths, spec, dataset, seed, model, clean_accuracy(model, data, device),
-                len(data.test_x), seconds, str(device), validation_accuracy(model, data, device),
-            )
-            action = {
-                "trained": "retrained (--force)",
-                "stale": "retrained (settings changed)",
-                "corrupt": "retrained (checkpoint corrupt)",
-            }.get(statuses[(spec.name, seed)], "trained")
-            outcomes[(spec.name, seed)] = TrainOutcome(spec.name, seed, action, manifest)
-            bar.update()
-        bar.close()
-    return [outcomes[(spec.name, seed)] for seed in seeds for spec in specs]

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_sparse.data import DATASETS, DatasetInfo, split_version
-from robustbench_sparse.layers import InputConv2d
+from robustbench_sparse.data.datasets import DATASETS, DatasetInfo, split_version
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.sparse import KWinners, KWinners2d, SparseWeights
+from robustbench_sparse.zoo.layers import InputConv2d
+from robustbench_sparse.zoo.sparse import KWinners, KWinners2d, SparseWeights
 
 NOT_WEIGHTS = ("description", "datasets", "selected_by_default")
 

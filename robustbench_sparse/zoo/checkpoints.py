@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from robustbench_sparse.data import DatasetInfo
+from robustbench_sparse.data.datasets import DatasetInfo
 from robustbench_sparse.runtime import (
     Paths,
     UserError,
@@ -26,7 +26,7 @@ from robustbench_sparse.runtime import (
     library_versions,
     sha256_file,
 )
-from robustbench_sparse.zoo import ModelSpec, build_model
+from robustbench_sparse.zoo.spec import ModelSpec, build_model
 
 Status = Literal["trained", "missing", "stale", "corrupt"]
 
