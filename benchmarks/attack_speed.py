@@ -30,7 +30,7 @@ import torch
 
 from robustbench_sparse.execution.cache import ArtifactStore
 from robustbench_sparse.execution.executor import batch_seed
-from robustbench_sparse.perturb.attacks import _torchattacks
+from robustbench_sparse.perturb.attacks import attack_of
 from robustbench_sparse.results import harness
 from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import Paths, eval_mode
@@ -58,7 +58,7 @@ def plain(plan: harness.Plan, ws: harness.Workspace) -> pd.DataFrame:
                         seed = batch_seed(plan.suite.seed, draw, start, batch)
                         with torch.random.fork_rng():
                             torch.manual_seed(seed)
-                            adv = _torchattacks(model, evaluation.kind, params, seed)(xb, yb)
+                            adv = attack_of(evaluation.kind).build("torchattacks", model, params, seed)(xb, yb)
                         with torch.no_grad():
                             correct += int((model(adv).argmax(1) == yb).sum())
                     rows.append({"model": spec.name, "evaluation": evaluation.name, "strength": eps,

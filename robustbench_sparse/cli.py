@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
+import typing
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import pandas as pd
 import typer
 
-from robustbench_sparse.data.datasets import DATASETS, default_data_root, load_dataset
-from robustbench_sparse.execution.executor import EXECUTORS
-from robustbench_sparse.perturb.attacks import BACKENDS, BudgetViolation
-from robustbench_sparse.runtime import DEVICES, Paths, UserError, resolve_device
+from robustbench_sparse.data.datasets import DATASETS
+from robustbench_sparse.execution.registry import EXECUTORS
+from robustbench_sparse.perturb.backends import BACKENDS
+from robustbench_sparse.results.request import DEFAULT_DATASET, RunRequest
+from robustbench_sparse.runtime import DEVICES, BudgetViolation, Paths, UserError, resolve_device
 
 app = typer.Typer(
     help="robustbench-sparse: do sparse networks really resist noise and adversarial attacks?",
@@ -25,10 +28,10 @@ app = typer.Typer(
 
 DatasetName = enum.StrEnum("DatasetName", {name: name for name in DATASETS})  # type: ignore[misc]
 DeviceName = enum.StrEnum("DeviceName", {name: name for name in DEVICES})  # type: ignore[misc]
-DEFAULT_DATASET = DatasetName("mnist5k")
 AUTO = DeviceName("auto")
 
-DatasetOpt = Annotated[DatasetName, typer.Option("--dataset", "-d", help="Dataset to use.")]
+DatasetOpt = Annotated[DatasetName | None, typer.Option(
+    "--dataset", "-d", help=f"Dataset to use (default: {DEFAULT_DATASET}; for check: the baseline's).")]
 DeviceOpt = Annotated[DeviceName, typer.Option(help="Where models run; auto picks CUDA when available.")]
 HomeOpt = Annotated[
     Path | None,
@@ -41,7 +44,8 @@ DataRootOpt = Annotated[
 DownloadOpt = Annotated[bool, typer.Option(help="Let torchvision download a missing dataset (needs internet).")]
 ModelsOpt = Annotated[str | None, typer.Option(help="Comma-separated model names (default: the whole zoo).")]
 SeedsOpt = Annotated[str, typer.Option(help="Comma-separated training seeds, e.g. 0,1,2.")]
-SuiteOpt = Annotated[str, typer.Option("--suite", "-s", help="Suite name under attacks/ or a .toml path.")]
+SuiteOpt = Annotated[str | None, typer.Option(
+    "--suite", "-s", help="Suite name under attacks/ or a .toml path (for check: the baseline's).")]
 BackendName = enum.StrEnum("BackendName", {name: name for name in BACKENDS})  # type: ignore[misc]
 BackendOpt = Annotated[
     BackendName | None,
@@ -81,29 +85,10 @@ def _user_errors(func: F) -> F:
     return wrapper
 
 
-def _resumable(store: Path) -> Callable[[], None]:
-    def on_interrupt() -> None:
-        typer.secho(
-            f"\ninterrupted: every finished cell is kept in {store}; run the same command to resume",
-            fg=typer.colors.YELLOW, err=True,
-        )
-        raise typer.Exit(130)
-
-    return on_interrupt
-
-
-def _executor(name: Any, address: str | None, workers: int | None) -> Any:
-    """The executor the options ask for (the caller closes it)."""
-    from robustbench_sparse.execution.executor import make_executor
-
-    options = {"address": address, "workers": workers} if name.value == "ray" else {}
-    if name.value != "ray" and (address or workers):
-        raise UserError("--address and --workers are for --executor ray")
-    return make_executor(name.value, **options)
-
-
-def _paths(home: Path | None) -> Paths:
-    return Paths(home) if home else Paths.default()
+def _resumable(store: Path) -> None:
+    typer.secho(f"\ninterrupted: every finished cell is kept in {store}; run the same command to resume",
+                fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(130)
 
 
 def parse_names(text: str | None) -> list[str] | None:
@@ -125,7 +110,69 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _print_table(frame: pd.DataFrame) -> None:
+# The run options every command that runs work shares, built into one RunRequest. name ->
+# (typer annotation, default); a command leaves out what it does not take.
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "dataset": (DatasetOpt, None),
+    "suite": (SuiteOpt, None),
+    "models": (ModelsOpt, None),
+    "seeds": (SeedsOpt, "0"),
+    "backend": (BackendOpt, None),
+    "device": (DeviceOpt, AUTO),
+    "home": (HomeOpt, None),
+    "data_root": (DataRootOpt, None),
+    "download": (DownloadOpt, False),
+    "executor": (ExecutorOpt, LOCAL),
+    "address": (AddressOpt, None),
+    "workers": (WorkersOpt, None),
+}
+
+
+def _value(option: Any) -> Any:
+    return option.value if isinstance(option, enum.Enum) else option
+
+
+def run_command(*, omit: tuple[str, ...] = (), suite: str = "standard") -> Callable[[F], F]:
+    """A command whose first parameter is a `RunRequest`, built from the shared run options (all
+    but `omit`), which are added to the command's own; `suite` is the default the help names.
+    A Ctrl-C says how to resume (every finished cell is kept)."""
+
+    def decorate(func: F) -> F:
+        own = list(inspect.signature(func).parameters.values())[1:]
+        hints = typing.get_type_hints(func, include_extras=True)
+        shared = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=suite if name == "suite" else default,
+                              annotation=annotation)
+            for name, (annotation, default) in RUN_OPTIONS.items() if name not in omit
+        ]
+
+        @functools.wraps(func)
+        def wrapper(**values: Any) -> Any:
+            options = {name: _value(values.pop(name)) for name in RUN_OPTIONS if name in values}
+            if "models" in options:
+                options["models"] = parse_names(options["models"])
+            if "seeds" in options:
+                options["seeds"] = tuple(parse_seeds(options["seeds"]))
+            request = RunRequest(**options)
+            try:
+                return func(request, **values)
+            except KeyboardInterrupt:
+                from robustbench_sparse.results.harness import store_path
+
+                paths = Paths(request.home) if request.home else Paths.default()
+                _resumable(store_path(paths, request.resolved().dataset))
+
+        parameters = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default,
+                                        annotation=hints[p.name]) for p in own] + shared
+        wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__  # typer reads the signature above, not the function's own
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _print_table(frame: Any) -> None:
     typer.echo(frame.to_markdown(index=False))
 
 
@@ -133,10 +180,12 @@ def _print_table(frame: pd.DataFrame) -> None:
 @_user_errors
 def zoo(home: HomeOpt = None) -> None:
     """List the zoo's variants, their key settings, and which are trained for each dataset."""
+    from tabulate import tabulate  # what pandas' to_markdown calls; pandas itself is slow to import
+
     from robustbench_sparse.zoo.checkpoints import checkpoint_status
     from robustbench_sparse.zoo.spec import load_zoo
 
-    paths = _paths(home)
+    paths = Paths(home) if home else Paths.default()
     rows = []
     for by_dataset in load_zoo(paths.zoo_spec).values():
         first = next(iter(by_dataset.values()))
@@ -144,42 +193,35 @@ def zoo(home: HomeOpt = None) -> None:
             f"{dataset}: {checkpoint_status(paths, spec, dataset, 0)}" for dataset, spec in by_dataset.items()
         )
         rows.append({**first.summary(), "checkpoints (seed 0)": trained})
-    _print_table(pd.DataFrame(rows))
+    typer.echo(tabulate(rows, headers="keys", tablefmt="pipe"))
     typer.echo(f"\nspec file: {paths.zoo_spec}")
 
 
 @app.command()
 @_user_errors
+@run_command(omit=("suite", "backend"))
 def train(
-    dataset: DatasetOpt = DEFAULT_DATASET,
-    models: ModelsOpt = None,
-    seeds: SeedsOpt = "0",
+    request: RunRequest,
     force: Annotated[bool, typer.Option(help="Retrain even when an up-to-date checkpoint exists.")] = False,
-    device: DeviceOpt = AUTO,
-    home: HomeOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    executor: ExecutorOpt = LOCAL,
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
 ) -> None:
     """Train every zoo model for a dataset once and cache it under models/ (skips up-to-date ones)."""
+    import pandas as pd
+
+    from robustbench_sparse.data.datasets import default_data_root, load_dataset
     from robustbench_sparse.execution.zoo_training import train_zoo
     from robustbench_sparse.zoo.spec import load_zoo, select_models
 
-    paths = _paths(home)
-    specs = select_models(load_zoo(paths.zoo_spec), dataset.value, parse_names(models))
-    seed_list = parse_seeds(seeds)
-    dev = resolve_device(device.value)
-    runner = _executor(executor, address, workers)
-    try:
+    request = request.resolved()
+    paths = Paths(request.home) if request.home else Paths.default()
+    models = None if request.models is None else list(request.models)
+    specs = select_models(load_zoo(paths.zoo_spec), request.dataset, models)
+    dev = resolve_device(request.device)
+    with request.open_executor() as runner:
         outcomes = train_zoo(
-            paths, specs, dataset.value,
-            lambda: load_dataset(dataset.value, data_root or default_data_root(), download),
-            seed_list, dev, force, runner,
+            paths, specs, request.dataset,
+            lambda: load_dataset(request.dataset, request.data_root or default_data_root(), request.download),
+            list(request.seeds), dev, force, runner,
         )
-    finally:
-        runner.close()
     rows = [
         {
             "model": o.model,
@@ -198,21 +240,7 @@ def train(
     _print_table(table)
     if all(o.action == "cached" for o in outcomes):
         typer.echo("\nnothing to train: every checkpoint is up to date (use --force to retrain)")
-    typer.echo(f"\ncheckpoints: {paths.checkpoints(dataset.value)}")
-
-
-def _plan(
-    dataset: Any, suite: str, models: str | None, seeds: str, device: Any, backend: Any,
-    home: Path | None, data_root: Path | None, download: bool,
-) -> Any:
-    from robustbench_sparse.results import harness
-
-    return harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value,
-                        _backend(backend), home, data_root, download)
-
-
-def _backend(backend: Any) -> str | None:
-    return backend.value if backend else None
+    typer.echo(f"\ncheckpoints: {paths.checkpoints(request.dataset)}")
 
 
 def _print_notes(notes: tuple[str, ...]) -> None:
@@ -222,36 +250,19 @@ def _print_notes(notes: tuple[str, ...]) -> None:
 
 @app.command()
 @_user_errors
-def evaluate(
-    dataset: DatasetOpt = DEFAULT_DATASET,
-    suite: SuiteOpt = "standard",
-    models: ModelsOpt = None,
-    seeds: SeedsOpt = "0",
-    backend: BackendOpt = None,
-    device: DeviceOpt = AUTO,
-    home: HomeOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    executor: ExecutorOpt = LOCAL,
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
-) -> None:
+@run_command()
+def evaluate(request: RunRequest) -> None:
     """Run an evaluation suite against the trained zoo; resumes, and reuses finished cells."""
     from robustbench_sparse.analysis.diagnostics import masking_checks
     from robustbench_sparse.analysis.tables import summary
     from robustbench_sparse.results import harness
 
-    the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
+    the_plan = harness.plan(request)
     _print_notes(the_plan.setup.notes)
-    runner = _executor(executor, address, workers)
-    try:
+    with request.open_executor() as runner:
         frame = harness.run(the_plan, executor=runner)
-    except KeyboardInterrupt:
-        _resumable(harness.store_path(the_plan.paths, dataset.value))()
-    finally:
-        runner.close()
     csv_path, json_path = harness.export(frame, the_plan, "records")
-    typer.echo(f"\nsuite {the_plan.setup.run_name!r} on {dataset.value}, {the_plan.n} test images "
+    typer.echo(f"\nsuite {the_plan.setup.run_name!r} on {the_plan.info.name}, {the_plan.n} test images "
                f"(accuracy % at each evaluation's strongest setting)\n")
     _print_table(summary(frame, the_plan.info.num_classes))
     checks = masking_checks(frame, the_plan.info.num_classes)
@@ -265,33 +276,16 @@ def evaluate(
 
 @app.command()
 @_user_errors
-def transfer(
-    dataset: DatasetOpt = DEFAULT_DATASET,
-    suite: SuiteOpt = "standard",
-    models: ModelsOpt = None,
-    seeds: SeedsOpt = "0",
-    backend: BackendOpt = None,
-    device: DeviceOpt = AUTO,
-    home: HomeOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    executor: ExecutorOpt = LOCAL,
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
-) -> None:
+@run_command()
+def transfer(request: RunRequest) -> None:
     """Craft each attack once per source model and evaluate it on every model (N x N matrices)."""
     from robustbench_sparse.results import harness
     from robustbench_sparse.results.transfer import run_transfer, transfer_matrix
 
-    the_plan = _plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
+    the_plan = harness.plan(request)
     _print_notes(the_plan.setup.notes)
-    runner = _executor(executor, address, workers)
-    try:
+    with request.open_executor() as runner:
         frame = run_transfer(the_plan, executor=runner)
-    except KeyboardInterrupt:
-        _resumable(harness.store_path(the_plan.paths, dataset.value))()
-    finally:
-        runner.close()
     csv_path, json_path = harness.export(frame, the_plan, "transfer")
     for evaluation, strength in the_plan.suite.transfer_cells():
         typer.echo(f"\n{evaluation.name} at eps={strength:g}: accuracy % of each target (columns) "
@@ -302,14 +296,9 @@ def transfer(
 
 @app.command()
 @_user_errors
+@run_command(omit=("device", "download", "executor", "address", "workers"))
 def report(
-    dataset: DatasetOpt = DEFAULT_DATASET,
-    suite: SuiteOpt = "standard",
-    models: ModelsOpt = None,
-    seeds: SeedsOpt = "0",
-    backend: BackendOpt = None,
-    home: HomeOpt = None,
-    data_root: DataRootOpt = None,
+    request: RunRequest,
     format: Annotated[ReportFormat, typer.Option(
         "--format", help="html: report.md and a self-contained report.html; latex: report.tex (booktabs "
                          "tables, compiles with pdflatex).")] = HTML,
@@ -319,61 +308,32 @@ def report(
     from robustbench_sparse.report.report import build_report
     from robustbench_sparse.results import harness
 
-    the_plan = harness.plan(dataset.value, suite, parse_names(models), parse_seeds(seeds), "cpu",
-                            _backend(backend), home, data_root, False)
+    the_plan = harness.plan(replace(request, device="cpu"))
     _print_notes(the_plan.setup.notes)
     result = build_report(the_plan, formats=("latex",) if format.value == "latex" else ("markdown", "html"))
     if result.missing:
         typer.secho(f"{result.missing} declared cells have no stored result; run `rbs evaluate` and "
-                    f"`rbs transfer` for suite {suite!r} to fill them", fg=typer.colors.YELLOW)
+                    f"`rbs transfer` for suite {the_plan.suite.name!r} to fill them", fg=typer.colors.YELLOW)
     written = [result.latex] if result.latex else [result.markdown, result.html]
-    cards = the_plan.paths.reports(dataset.value) / "cards"
+    cards = the_plan.paths.reports(the_plan.info.name) / "cards"
     typer.echo(f"report: {chr(10).join(f'        {p}' for p in written).strip()}\nfigures: {len(result.figures)} "
                f"files in {result.folder / 'figures'}\ncards: {cards}\nindex: {the_plan.paths.home / 'reports' / 'index.html'}")
 
 
-def _interruptible(paths: Paths, dataset: str, call: Callable[[Any], Any], executor: Any, address: str | None,
-                   workers: int | None) -> Any:
-    """Run `call(executor)`; Ctrl-C says how to resume; the executor is closed either way."""
-    from robustbench_sparse.results import harness
-
-    runner = _executor(executor, address, workers)
-    try:
-        return call(runner)
-    except KeyboardInterrupt:
-        _resumable(harness.store_path(paths, dataset))()
-    finally:
-        runner.close()
-
-
 @app.command()
 @_user_errors
-def benchmark(
-    dataset: DatasetOpt = DEFAULT_DATASET,
-    suite: SuiteOpt = "standard",
-    models: ModelsOpt = None,
-    seeds: SeedsOpt = "0",
-    backend: BackendOpt = None,
-    device: DeviceOpt = AUTO,
-    home: HomeOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    executor: ExecutorOpt = LOCAL,
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
-) -> None:
+@run_command()
+def benchmark(request: RunRequest) -> None:
     """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything."""
+    import pandas as pd
+
     from robustbench_sparse import pipeline
     from robustbench_sparse.analysis.tables import summary
 
-    result = _interruptible(_paths(home), dataset.value, lambda runner: pipeline.benchmark(
-        dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value, _backend(backend), home,
-        data_root, download, runner, echo=typer.echo), executor, address, workers)
+    result = pipeline.benchmark(request, echo=typer.echo)
     typer.echo("")
     records = result.records
     if result.moves is not None and not result.moves.empty:  # as the report's overview: transfer feeds check 4
-        import pandas as pd
-
         records = pd.concat([records, result.moves[result.moves["source"] != result.moves["model"]]],
                             ignore_index=True)
     _print_table(summary(records, result.plan.info.num_classes))
@@ -382,34 +342,24 @@ def benchmark(
 
 @app.command()
 @_user_errors
+@run_command(suite="quick")
 def baseline(
+    request: RunRequest,
     out: Annotated[Path, typer.Option(help="Where to write the baseline JSON (commit it).")],
-    dataset: DatasetOpt = DEFAULT_DATASET,
-    suite: SuiteOpt = "quick",
-    models: ModelsOpt = None,
-    seeds: SeedsOpt = "0",
-    backend: BackendOpt = None,
-    device: DeviceOpt = AUTO,
-    home: HomeOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    executor: ExecutorOpt = LOCAL,
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
 ) -> None:
     """Write a robustness baseline (per model, evaluation and strength: accuracy, mean and std over
     seeds; and the masking checks that fired)."""
     from robustbench_sparse import pipeline
 
-    doc = _interruptible(_paths(home), dataset.value, lambda runner: pipeline.baseline(
-        out, dataset.value, suite, parse_names(models), parse_seeds(seeds), device.value, _backend(backend), home,
-        data_root, download, runner, echo=typer.echo), executor, address, workers)
+    doc = pipeline.baseline(out, request, echo=typer.echo)
     typer.echo(f"baseline: {len(doc['cells'])} cells, {len(doc['models'])} models, seeds {doc['seeds']} -> {out}")
 
 
 @app.command()
 @_user_errors
+@run_command(omit=("models", "seeds"), suite=None)
 def check(
+    request: RunRequest,
     baseline: Annotated[Path, typer.Option(help="Baseline JSON written by `rbs baseline`.")],
     tolerance: Annotated[float, typer.Option(help="Allowed change in accuracy points.")] = 1.0,
     sigma: Annotated[float | None, typer.Option(
@@ -419,24 +369,13 @@ def check(
     allow_rise: Annotated[bool, typer.Option(
         help="Do not fail when an attack's accuracy rose beyond the allowed change (listed as suspicious: "
              "a weaker attack or masked gradients look like robustness).")] = False,
-    dataset: Annotated[DatasetName | None, typer.Option(help="Must match the baseline's, if given.")] = None,
-    suite: Annotated[str | None, typer.Option(help="Must match the baseline's, if given.")] = None,
-    backend: Annotated[BackendName | None, typer.Option(help="Must match the baseline's, if given.")] = None,
-    device: DeviceOpt = AUTO,
-    home: HomeOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    executor: ExecutorOpt = LOCAL,
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
 ) -> None:
     """Re-run (or reuse) the baseline's evaluations on its models and seeds; exit 1 on a drop beyond
-    tolerance, a masking check that newly fires, or a suspicious rise under attack."""
+    tolerance, a masking check that newly fires, or a suspicious rise under attack. --dataset,
+    --suite and --backend, if given, must match the baseline's."""
     from robustbench_sparse import pipeline
 
-    doc, result = _interruptible(_paths(home), dataset.value if dataset else "mnist5k", lambda runner: pipeline.check(
-        baseline, tolerance, sigma, dataset.value if dataset else None, suite, _backend(backend), device.value,
-        home, data_root, download, runner, echo=typer.echo), executor, address, workers)
+    doc, result = pipeline.check(baseline, tolerance, sigma, request, echo=typer.echo)
     typer.echo(f"\ncompared {result.compared} cells with {baseline} ({doc['dataset']}, suite {doc['suite']}, "
                f"models {', '.join(doc['models'])}, seeds {doc['seeds']})")
     if not result.improvements.empty:
@@ -465,6 +404,8 @@ def check(
 @_user_errors
 def evaluations() -> None:
     """List the evaluation kinds a suite can use, with their parameters and valid ranges."""
+    import pandas as pd
+
     from robustbench_sparse.evaluation.kinds import KINDS
 
     rows = [

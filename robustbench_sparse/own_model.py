@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,10 +27,11 @@ from robustbench_sparse.evaluation.kinds import (
     deterministic_flags,
     probability_rows,
 )
-from robustbench_sparse.execution.executor import ENSEMBLE, Executor
-from robustbench_sparse.pipeline import BenchmarkResult, Echo, _quiet, executor_for, train_missing, transfer_step
+from robustbench_sparse.execution.executor import ENSEMBLE
+from robustbench_sparse.pipeline import BenchmarkResult, Echo, _quiet, train_missing, transfer_step
 from robustbench_sparse.report.report import build_report
 from robustbench_sparse.results import harness
+from robustbench_sparse.results.request import RunRequest
 from robustbench_sparse.runtime import UserError
 from robustbench_sparse.zoo.checkpoints import EXTERNAL, module_identity, pack_module
 from robustbench_sparse.zoo.spec import ModelSpec, load_zoo
@@ -90,18 +91,12 @@ def _models_by_seed(model: nn.Module | Mapping[int, nn.Module], seed: int) -> di
 
 def evaluate_model(
     model: nn.Module | Mapping[int, nn.Module],
-    dataset: str = "mnist5k",
-    suite: str = "standard",
+    *args: Any,
     name: str = "my-model",
     compare: str | Iterable[str] | None = None,
     seed: int = 0,
-    device: str = "auto",
-    backend: str | None = None,
-    home: Path | str | None = None,
-    data_root: Path | str | None = None,
-    download: bool = False,
-    executor: Executor | str = "local",
     echo: Echo | None = None,
+    **given: Any,
 ) -> BenchmarkResult:
     """Run `suite` on `model` beside the zoo's models and report them together.
 
@@ -110,19 +105,23 @@ def evaluate_model(
     `compare`: zoo models to run beside it, at the same training seeds (default: the whole zoo for
     the dataset; [] for none); they are trained first where missing. The model is copied (its
     pickled bytes are what runs), so the object passed in is never changed.
+    The run's other parameters: a `RunRequest` or its fields (its `models` and `seeds` come from
+    `compare` and `model`).
     """
+    request = RunRequest.of(*args, **given).resolved()
+    dataset, data_root, download = request.dataset, request.data_root, request.download
     say = echo or _quiet
     own = _models_by_seed(model, seed)
     if not isinstance(name, str) or not _NAME.match(name) or name == ENSEMBLE:
         raise UserError(f"name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (not {ENSEMBLE!r})")
     names = None if compare is None else [compare] if isinstance(compare, str) else list(compare)
-    setup = harness.prepare(dataset, suite, names or None, list(own), device, backend, home)
+    setup = harness.prepare(replace(request, models=names or None, seeds=tuple(own)))
     zoo_names = [n for n, by_dataset in load_zoo(setup.paths.zoo_spec).items() if dataset in by_dataset]
     if name in zoo_names:
         raise UserError(f"name {name!r} is a zoo model for {dataset}; choose another name")
     zoo_specs = [] if names == [] else setup.specs
 
-    data = load_dataset(dataset, Path(data_root) if data_root else default_data_root(), download)
+    data = load_dataset(dataset, data_root or default_data_root(), download)
     probe = data.test_x[:16]
     external: dict[tuple[str, int], tuple[str, bytes]] = {}
     for seed, module in own.items():
@@ -140,7 +139,7 @@ def evaluate_model(
     setup = replace(setup, suite=the_suite, specs=specs, external=external, label=name,
                     notes=tuple(dict.fromkeys((*setup.notes, *notes))))
 
-    with executor_for(executor) as runner:
+    with request.open_executor() as runner:
         if zoo_specs:
             say("1/4 train the zoo models compared (only what is missing)")
             train_missing(replace(setup, specs=zoo_specs, external={}), data_root, download, executor=runner)

@@ -6,9 +6,8 @@ is checked before any training or evaluation starts.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,12 @@ from robustbench_sparse.analysis.regression import (
 )
 from robustbench_sparse.data.datasets import default_data_root, load_dataset
 from robustbench_sparse.evaluation.cells import test_fingerprint
-from robustbench_sparse.execution.executor import Executor, make_executor
+from robustbench_sparse.execution.executor import Executor
+from robustbench_sparse.execution.registry import open_executor
 from robustbench_sparse.execution.zoo_training import TrainOutcome, train_zoo
 from robustbench_sparse.report.report import Report, build_report
 from robustbench_sparse.results import harness
+from robustbench_sparse.results.request import RunRequest
 from robustbench_sparse.results.transfer import run_transfer
 from robustbench_sparse.runtime import UserError
 
@@ -38,35 +39,22 @@ def _quiet(_: str) -> None:
     pass
 
 
-@contextlib.contextmanager
-def executor_for(executor: Executor | str) -> Iterator[Executor]:
-    """The executor given, or one made by name for the block and closed after it."""
-    if not isinstance(executor, str):
-        yield executor
-        return
-    made = make_executor(executor)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def train_missing(
     setup: harness.Setup, data_root: Path | str | None = None, download: bool = False, force: bool = False,
     executor: Executor | str = "local",
 ) -> list[TrainOutcome]:
     """Train the setup's models that have no up-to-date checkpoint (for every seed)."""
     root = Path(data_root) if data_root else default_data_root()
-    with executor_for(executor) as runner:
+    with open_executor(executor) as runner:
         return train_zoo(setup.paths, setup.specs, setup.info.name,
                          lambda: load_dataset(setup.info.name, root, download), setup.seeds, setup.device, force,
                          runner)
 
 
 def _train_and_evaluate(
-    setup: harness.Setup, data_root: Path | str | None, download: bool, executor: Executor, echo: Echo,
-    step: str = "",
+    setup: harness.Setup, request: RunRequest, executor: Executor, echo: Echo, step: str = "",
 ) -> tuple[harness.Plan, pd.DataFrame]:
+    data_root, download = request.data_root, request.download
     echo(f"{step}train (only what is missing)")
     outcomes = train_missing(setup, data_root, download, executor=executor)
     trained = sum(o.action != "cached" for o in outcomes)
@@ -88,23 +76,13 @@ class BenchmarkResult:
     report: Report
 
 
-def benchmark(
-    dataset: str = "mnist5k",
-    suite: str = "standard",
-    models: list[str] | None = None,
-    seeds: Iterable[int] = (0,),
-    device: str = "auto",
-    backend: str | None = None,
-    home: Path | str | None = None,
-    data_root: Path | str | None = None,
-    download: bool = False,
-    executor: Executor | str = "local",
-    echo: Echo = _quiet,
-) -> BenchmarkResult:
-    """Train what is missing, evaluate, transfer (when the suite declares it), report."""
-    setup = harness.prepare(dataset, suite, models, seeds, device, backend, home)
-    with executor_for(executor) as runner:
-        the_plan, frame = _train_and_evaluate(setup, data_root, download, runner, echo, step="1-2/4 ")
+def benchmark(*args: Any, echo: Echo = _quiet, **given: Any) -> BenchmarkResult:
+    """Train what is missing, evaluate, transfer (when the suite declares it), report; takes a
+    `RunRequest` or its fields."""
+    request = RunRequest.of(*args, **given)
+    setup = harness.prepare(request)
+    with request.open_executor() as runner:
+        the_plan, frame = _train_and_evaluate(setup, request, runner, echo, step="1-2/4 ")
         moves = transfer_step(the_plan, runner, echo)
     echo("4/4 report")
     return BenchmarkResult(the_plan, frame, moves, build_report(the_plan))
@@ -121,47 +99,29 @@ def transfer_step(plan: harness.Plan, runner: Executor, echo: Echo) -> pd.DataFr
     return moves
 
 
-def baseline(
-    out: Path | str,
-    dataset: str = "mnist5k",
-    suite: str = "quick",
-    models: list[str] | None = None,
-    seeds: Iterable[int] = (0,),
-    device: str = "auto",
-    backend: str | None = None,
-    home: Path | str | None = None,
-    data_root: Path | str | None = None,
-    download: bool = False,
-    executor: Executor | str = "local",
-    echo: Echo = _quiet,
-) -> dict[str, Any]:
+def baseline(out: Path | str, *args: Any, echo: Echo = _quiet, **given: Any) -> dict[str, Any]:
     """Write a robustness baseline: per model, evaluation and strength the accuracy (mean and std
-    over seeds), and the masking checks that fired."""
-    setup = harness.prepare(dataset, suite, models, seeds, device, backend, home)
-    with executor_for(executor) as runner:
-        the_plan, frame = _train_and_evaluate(setup, data_root, download, runner, echo)
+    over seeds), and the masking checks that fired. Takes a `RunRequest` or its fields; the
+    suite defaults to `quick`."""
+    request = RunRequest.of(*args, **given).resolved(suite="quick")
+    setup = harness.prepare(request)
+    with request.open_executor() as runner:
+        the_plan, frame = _train_and_evaluate(setup, request, runner, echo)
     doc = make_baseline(frame, the_plan)
     write_baseline(doc, Path(out))
     return doc
 
 
 def check(
-    baseline_file: Path | str,
-    tolerance: float = 1.0,
-    sigma: float | None = None,
-    dataset: str | None = None,
-    suite: str | None = None,
-    backend: str | None = None,
-    device: str = "auto",
-    home: Path | str | None = None,
-    data_root: Path | str | None = None,
-    download: bool = False,
-    executor: Executor | str = "local",
-    echo: Echo = _quiet,
+    baseline_file: Path | str, tolerance: float = 1.0, sigma: float | None = None, *args: Any, echo: Echo = _quiet,
+    **given: Any,
 ) -> tuple[dict[str, Any], CheckResult]:
     """Re-run (or reuse) the baseline's evaluations on the baseline's models and seeds, and compare.
     The dataset, suite, backend, test size, seeds and batch size come from the baseline; options
-    given here must match it. Everything is checked before any work."""
+    given here (a `RunRequest` or its fields: dataset, suite, backend) must match it; the request's
+    models and seeds are not used. Everything is checked before any work."""
+    request = RunRequest.of(*args, **given)
+    dataset, suite, backend = request.dataset, request.suite, request.backend
     doc = read_baseline(Path(baseline_file))
     for what, given, recorded in (("--dataset", dataset, doc["dataset"]), ("--suite", suite, doc["suite"])):
         if given is not None and given != recorded:
@@ -170,21 +130,21 @@ def check(
         raise UserError("--tolerance and --sigma must be >= 0")
     if sigma is not None and len(doc["seeds"]) < 2:
         raise UserError("--sigma needs a baseline over several seeds (this one has one); use --tolerance")
-    setup = harness.prepare(doc["dataset"], doc["suite"], list(doc["models"]), list(doc["seeds"]), device,
-                            doc.get("backend"), home)
+    recorded_run = replace(request, dataset=doc["dataset"], suite=doc["suite"], models=tuple(doc["models"]),
+                           seeds=tuple(doc["seeds"]), backend=doc.get("backend"))
+    setup = harness.prepare(recorded_run)
     if backend is not None:
-        asked = harness.prepare(doc["dataset"], doc["suite"], list(doc["models"]), list(doc["seeds"]), device,
-                                backend, home).backend
+        asked = harness.prepare(replace(recorded_run, backend=backend)).backend
         if asked != doc.get("backend"):
             raise UserError(f"--backend {backend} differs from the baseline's "
                             f"{doc.get('backend') or 'backend (as the suite says)'}")
     check_setup(doc, setup)
-    data = load_dataset(setup.info.name, Path(data_root) if data_root else default_data_root(), download)
+    data = load_dataset(setup.info.name, request.data_root or default_data_root(), request.download)
     n = len(data.test_x) if setup.suite.test_size is None else min(setup.suite.test_size, len(data.test_x))
     recorded = doc.get("environment", {}).get("test_fingerprint")
     if n != doc["test_size"] or (recorded and test_fingerprint(data.test_x[:n], data.test_y[:n]) != recorded):
         raise UserError(f"the test images differ from the baseline's ({n} now, {doc['test_size']} then, or other "
                         "images: a changed split or data file); regenerate the baseline")
-    with executor_for(executor) as runner:
-        the_plan, frame = _train_and_evaluate(setup, data_root, download, runner, echo)
+    with request.open_executor() as runner:
+        the_plan, frame = _train_and_evaluate(setup, request, runner, echo)
     return doc, compare(doc, frame, tolerance, sigma, the_plan.info.num_classes)

@@ -14,11 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: `rbs --help` needs none of it
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The shipped zoo (models/zoo.toml) and suites (attacks/*.toml): the repository's own copies in a
+# checkout; inside an installed wheel, the copies its build put in the package (setup.py).
+_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "models" / "zoo.toml").is_file()
+SHIPPED = REPO_ROOT if _CHECKOUT else Path(__file__).resolve().parent / "shipped"
+
+
+class BudgetViolation(RuntimeError):
+    """An attack returned inputs outside its eps-ball or outside [0, 1]: no number is reported."""
 
 
 class UserError(Exception):
@@ -27,6 +37,8 @@ class UserError(Exception):
 
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA when it is available, else the CPU."""
+    import torch
+
     if name not in DEVICES and not name.startswith("cuda:"):
         raise UserError(f"unknown device {name!r}; valid: {', '.join(DEVICES)} (or cuda:N)")
     if name == "auto":
@@ -37,6 +49,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -44,6 +59,8 @@ def seed_everything(seed: int) -> None:
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A private, seeded generator: random draws never depend on what ran before."""
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
@@ -93,7 +110,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 @dataclass(frozen=True)
 class Paths:
-    """The suite's folders. `home` holds models/, attacks/ and reports/ (the repository by default)."""
+    """The suite's folders. `home` holds checkpoints (models/), suites of one's own (attacks/),
+    results and reports (reports/); folders are created when first written. A home without its own
+    models/zoo.toml uses the shipped zoo, and suites not in its attacks/ come from the shipped ones.
+    Default home (docs/zoo.md#where-things-live): $RBS_HOME; else the current folder if it has
+    models/zoo.toml; else the repository when running from a checkout; else the current folder."""
 
     home: Path
 
@@ -103,13 +124,19 @@ class Paths:
         if env:
             return cls(Path(env))
         cwd = Path.cwd()
-        if (cwd / "models" / "zoo.toml").exists():
+        if (cwd / "models" / "zoo.toml").exists() or not _CHECKOUT:
             return cls(cwd)
         return cls(REPO_ROOT)
 
     @property
     def zoo_spec(self) -> Path:
-        return self.home / "models" / "zoo.toml"
+        own = self.home / "models" / "zoo.toml"
+        return own if own.exists() else SHIPPED / "models" / "zoo.toml"
+
+    @property
+    def suite_folders(self) -> list[Path]:
+        """Where suites are looked up by name, first match wins: the home's, then the shipped ones."""
+        return list(dict.fromkeys([self.home / "attacks", SHIPPED / "attacks"]))
 
     def checkpoints(self, dataset: str) -> Path:
         return self.home / "models" / dataset
@@ -146,6 +173,8 @@ def import_torchvision() -> Any:
             raise
         for mod in [m for m in sys.modules if m.startswith("torchvision")]:
             del sys.modules[mod]
+        import torch
+
         lib = torch.library.Library("torchvision", "FRAGMENT")
         for schema in _TV_SCHEMAS:
             with contextlib.suppress(RuntimeError):
@@ -191,6 +220,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

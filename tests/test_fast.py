@@ -14,7 +14,7 @@ from robustbench_sparse.evaluation.suites import parse_suite
 from robustbench_sparse.execution.cache import ArtifactStore
 from robustbench_sparse.execution.executor import perturbed_set
 from robustbench_sparse.perturb import attacks
-from robustbench_sparse.perturb.attacks import BudgetViolation, craft
+from robustbench_sparse.perturb.attacks import BudgetViolation, craft, crafting, loop
 from robustbench_sparse.results import harness
 from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import UserError, eval_mode
@@ -46,7 +46,7 @@ def _library(model, kind, params, x, y, seed):
     """torchattacks itself, seeded as the harness seeds it."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return attacks._torchattacks(model, kind, params, seed)(x, y)
+        return attacks.attack_of(kind).build("torchattacks", model, params, seed)(x, y)
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -86,7 +86,8 @@ def test_without_early_stopping_our_loop_is_the_library_bit_for_bit(trained_home
     if kind == "pgd":  # restarts: each image keeps its first fooling run, as the library path does
         params = {**ITERATIVE[kind], "eps": 0.1, "restarts": 3}
         ours = craft(model, kind, {**params, "early_stop": False}, x, y, seed=9)
-        library = attacks._restarted(model, kind, params, x, y, 9, "torchattacks", torch.arange(len(x)))
+        library = crafting.restarted(model, attacks.attack_of(kind), params, x, y, 9, "torchattacks",
+                                     torch.arange(len(x)))
         assert torch.equal(ours, library)
 
 
@@ -115,8 +116,8 @@ def test_an_images_logits_and_gradient_do_not_depend_on_the_thread_count(trained
         alone = craft(model, "pgd", {**ITERATIVE["pgd"], "eps": 0.1}, x, y, seed=2)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     assert torch.equal(pooled, alone)
-    assert attacks._chunks(0, 4, 2) == [] and attacks._chunks(9, 4, 1) == [slice(0, 4), slice(4, 8), slice(8, 9)]
-    assert [s.stop - s.start for s in attacks._chunks(9, 4, 2)] == [3, 3, 3]
+    assert loop._chunks(0, 4, 2) == [] and loop._chunks(9, 4, 1) == [slice(0, 4), slice(4, 8), slice(8, 9)]
+    assert [s.stop - s.start for s in loop._chunks(9, 4, 2)] == [3, 3, 3]
 
 
 def test_early_stopping_is_seeded_and_stops_only_fooled_images(trained_home, mnist5k):
@@ -128,8 +129,9 @@ def test_early_stopping_is_seeded_and_stops_only_fooled_images(trained_home, mni
     assert not torch.equal(one, craft(model, "pgd", params, x, y, seed=4))
     # Every image stopped early is misclassified at the example it keeps.
     rows = torch.arange(len(x))
-    start, scale = attacks._starts("pgd", params, x, [3], list(range(len(x))), len(x))
-    found, stopped = attacks._iterate(model, "pgd", params, x, y, start, scale, rows, len(x))
+    pgd = attacks.attack_of("pgd")
+    start, scale = loop._starts(pgd, params, x, [3], list(range(len(x))), len(x))
+    found, stopped = loop._iterate(model, pgd, params, x, y, start, scale, rows, len(x))
     assert torch.equal(found, one)
     assert _fooled(model, found[stopped], y[stopped]).all()
 
@@ -371,7 +373,8 @@ def test_kwinners1d_gives_its_definitions_values_and_gradients():
 def test_torchattacks_is_the_cross_check_library():
     """The plain path is torchattacks itself (the cross-check of the fast path)."""
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    attack = attacks._torchattacks(model, "pgd", {"eps": 0.1, "steps": 2, "alpha": 0.01, "random_start": True}, 0)
+    attack = attacks.attack_of("pgd").build("torchattacks", model,
+                                            {"eps": 0.1, "steps": 2, "alpha": 0.01, "random_start": True}, 0)
     assert isinstance(attack, torchattacks.PGD)
 
 

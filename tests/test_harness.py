@@ -155,15 +155,15 @@ def test_attacks_stay_in_the_eps_ball_and_pixel_range(trained, mnist5k, kind, ba
 @pytest.mark.parametrize("kind", ["fgsm", "ifgsm", "mifgsm", "pgd"])
 def test_real_attacks_at_eps_zero_return_the_input_exactly(trained, mnist5k, kind):
     """craft() skips the work at eps = 0; this shows the libraries themselves agree."""
-    from robustbench_sparse.perturb.attacks import _foolbox, _torchattacks
+    from robustbench_sparse.perturb.attacks import attack_of
 
     model = _model(trained, "dense", mnist5k.info)
     x, y = mnist5k.test_x[:20], mnist5k.test_y[:20]
     params = {"eps": 0.0, "steps": 3, "alpha": 0.01, "decay": 1.0, "random_start": True}
     with eval_mode(model):
-        assert torch.equal(_torchattacks(model, kind, params)(x, y), x)
+        assert torch.equal(attack_of(kind).build("torchattacks", model, params)(x, y), x)
         if kind != "mifgsm":
-            assert torch.equal(_foolbox(model, kind, params, x, y), x)
+            assert torch.equal(attack_of(kind).build("foolbox", model, params)(x, y), x)
 
 
 def test_budget_violations_are_caught():

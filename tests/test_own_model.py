@@ -17,7 +17,8 @@ from robustbench_sparse.own_model import contract_problems
 from robustbench_sparse.perturb.attacks import bpda_backward, looks_like_kwinners
 from robustbench_sparse.results import harness
 from robustbench_sparse.runtime import REPO_ROOT, Paths, UserError
-from robustbench_sparse.zoo.spec import build_model, load_zoo, select_models
+from robustbench_sparse.zoo.build import build_model
+from robustbench_sparse.zoo.spec import load_zoo, select_models
 
 # Two evaluations, a handful of images: enough to see rows beside the zoo's.
 SUITE = """
@@ -193,7 +194,7 @@ def test_an_import_path_family_trains_and_reports_beside_the_zoo(tmp_path, small
     plan = harness.plan("mnist5k", "own", device="cpu", home=paths.home)
     frame = harness.run(plan)
     assert set(frame["model"]) == {"dense", "my-mlp"}
-    from robustbench_sparse.report.report import build_report
+    from robustbench_sparse.report import build_report
 
     report = build_report(plan)
     overview = pd.read_csv(report.folder / "tables" / "overview.csv")

@@ -111,7 +111,7 @@ def test_train_prints_validation_accuracy_next_to_test_accuracy(tiny_home, small
     fashion = dataclasses.replace(small_mnist, info=dataset_info("fashion-mnist"), train_x=small_mnist.train_x[200:],
                                   train_y=small_mnist.train_y[200:], val_x=small_mnist.train_x[:200],
                                   val_y=small_mnist.train_y[:200])
-    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: fashion)
+    monkeypatch.setattr("robustbench_sparse.data.datasets.load_dataset", lambda *a, **k: fashion)
     result = CliRunner().invoke(cli.app, ["train", "--dataset", "fashion-mnist", "--models", "dense", "--device",
                                           "cpu", "--home", str(tiny_home.home)])
     assert result.exit_code == 0, result.output
@@ -120,7 +120,7 @@ def test_train_prints_validation_accuracy_next_to_test_accuracy(tiny_home, small
     manifest = read_manifest(tiny_home, "fashion-mnist", "dense", 0)
     assert manifest.val_accuracy is not None and 0.5 < manifest.val_accuracy <= 1
     # mnist5k has no validation split: no such column
-    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: small_mnist)
+    monkeypatch.setattr("robustbench_sparse.data.datasets.load_dataset", lambda *a, **k: small_mnist)
     plain = CliRunner().invoke(cli.app, ["train", "--models", "dense", "--device", "cpu", "--home",
                                          str(tiny_home.home)])
     assert plain.exit_code == 0, plain.output

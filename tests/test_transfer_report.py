@@ -9,7 +9,7 @@ import pytest
 
 from robustbench_sparse.evaluation.cells import decode_flags
 from robustbench_sparse.execution import executor
-from robustbench_sparse.report.report import build_report
+from robustbench_sparse.report import build_report
 from robustbench_sparse.results import harness
 from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.results.transfer import run_transfer, transfer_matrix
@@ -116,8 +116,9 @@ def test_report_builds_from_stored_results_only(home, monkeypatch):
     report = build_report(plan)
     assert crafts == [] and report.missing == 0
     text = report.markdown.read_text()
-    for heading in ("Overview", "Worst case over attacks", "Mean robust accuracy", "Transfer: pgd, ε = 0.25"):
-        assert f"## {heading}" in text
+    for heading in ("Overview", "Worst case over attacks", "Mean robust accuracy", "Transfer"):
+        assert f"\n## {heading}" in text
+    assert "\n### Transfer: pgd, ε = 0.25\n" in text and "\n### Transfer: fgsm, ε = 0.25\n" in text
     assert "noise score" in text and "SHA-256" in text and "torchattacks" in text
     names = {p.name for p in report.figures}
     assert {"accuracy_vs_strength.png", "accuracy_vs_strength.svg", "transfer_pgd.png", "transfer_fgsm.svg"} <= names
@@ -129,7 +130,7 @@ def test_report_builds_from_stored_results_only(home, monkeypatch):
 
 
 def test_worst_case_is_per_sample_and_never_above_any_attack(home):
-    from robustbench_sparse.report.report import worst_case
+    from robustbench_sparse.report.tables import worst_case
 
     plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
     white = harness.run(plan)
@@ -176,25 +177,44 @@ def test_html_report_renders_in_headless_chromium(home, tmp_path):
     # a 1280 px window: the page itself never scrolls sideways (wide tables scroll in their own box)
     assert int(attrs["view-width"]) == 1280
     assert int(attrs["page-width"]) <= int(attrs["view-width"]), attrs
-    # read top-down: the answer first, the key plot next, the provenance last
-    text = report.html.read_text()
-    assert text.index("class='answer'") < text.index("alt='accuracy_vs_strength'") < text.index("<h2>Overview")
+    # read top-down: the verdict first, the key plot next, the provenance last
+    text = report.html.read_text(encoding="utf-8")
+    assert text.index("class='answer'") < text.index("<h2>Verdict") < text.index("alt='accuracy_vs_strength'")
+    assert text.index("alt='accuracy_vs_strength'") < text.index("<h2>Overview")
     assert text.index("<h2>Overview") < text.index("<h2>Provenance")
 
 
-def test_report_opens_with_the_answer_and_marks_significant_differences(home):
+def test_report_opens_with_the_verdict_and_marks_significant_differences(home):
     plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
     harness.run(plan)
     report = build_report(plan)
-    text = report.markdown.read_text()
-    first = text.split("\n\n")[1]
-    assert "than dense" in first and "Holm-corrected" in first
+    text = report.markdown.read_text(encoding="utf-8")
+    assert text.split("\n## ")[1].startswith("Verdict")  # the first section
+    first = text.split("\n## ")[1]
+    assert "minus dense" in first and "Holm-corrected" in first
     diffs = pd.read_csv(report.folder / "tables" / "differences_from_dense.csv")
     assert set(diffs["reference"]) == {"dense"} and "dense" not in set(diffs["model"])
     assert (diffs["p (Holm)"] >= diffs["p"] - 1e-12).all()  # Holm never lowers a p-value
     assert (diffs["significant"] == (diffs["p (Holm)"] < 0.05)).all()
-    for row in diffs[diffs["significant"]].itertuples():
-        assert row.model in first  # every significant difference is named up front
+    assert f"Holm-corrected over the {diffs['p'].notna().sum()} comparisons" in first
+    # every significant difference is counted up front, in its model's row of the verdict
+    verdict = pd.read_csv(report.folder / "tables" / "verdict.csv").set_index("model")
+    assert list(verdict.index) == ["dense", "dropout", "batchnorm", "kwinner-boost", "kwinner"]
+    robust = diffs[(diffs["evaluation"] != "clean") & diffs["p"].notna()]
+    for model in verdict.index.drop("dense"):
+        mine = robust[robust["model"] == model]
+        assert verdict.loc[model, "tested"] == len(mine)
+        assert verdict.loc[model, "higher"] == (mine["significant"] & (mine["difference"] > 0)).sum()
+        assert verdict.loc[model, "lower"] == (mine["significant"] & (mine["difference"] < 0)).sum()
+        clean = diffs[(diffs["model"] == model) & (diffs["evaluation"] == "clean")].iloc[0]
+        assert verdict.loc[model, "clean difference"] == pytest.approx(clean["difference"])
+        assert verdict.loc[model, "clean significant"] == clean["significant"]
+        worst = diffs[(diffs["model"] == model) & (diffs["evaluation"] == "worst case over attacks")
+                      & (diffs["strength"] == 0.25)].iloc[0]  # the suite's headline eps: fgsm and pgd share 0.25
+        assert verdict.loc[model, "worst case difference"] == pytest.approx(worst["difference"])
+        row = next(line for line in first.splitlines() if line.startswith(f"| {model} "))
+        assert f"{clean['difference']:+.1f}{' *' if clean['significant'] else ''} " in row
+    assert "worst case Δ at ε=0.25 (points)" in first
     assert text.index("## Provenance") > text.index("## Overview")
 
 
@@ -203,7 +223,7 @@ def test_cards_validate_against_the_schema_and_the_index_lists_every_run(home):
 
     import jsonschema
 
-    from robustbench_sparse.report.report import CARD_SCHEMA
+    from robustbench_sparse.report import CARD_SCHEMA
 
     for suite in ("moves", "moves-ens"):
         plan = harness.plan("mnist5k", suite, ["dense", "dropout", "kwinner"], device="cpu", home=home.home)
@@ -251,7 +271,7 @@ def test_rank_changes_name_real_reorderings_not_ties():
     under the worst case and kwinner-boost keeps 0.3%: only the pair that swapped is named."""
     import pandas as pd
 
-    from robustbench_sparse.report.report import _rank_changes
+    from robustbench_sparse.report.tables import rank_changes
 
     means = pd.DataFrame({
         "strength": [0.3] * 5,
@@ -261,14 +281,14 @@ def test_rank_changes_name_real_reorderings_not_ties():
     })
     for column, rank in (("pgd", "rank (PGD)"), ("worst", "rank (worst case)")):
         means[rank] = means[column].rank(ascending=False, method="min").astype(int)
-    changes = _rank_changes(means)
+    changes = rank_changes(means)
     assert changes == [
         "kwinner-boost at ε=0.3: 2nd by PGD, 1st by the worst case (now above kwinner)",
         "kwinner at ε=0.3: 1st by PGD, 2nd by the worst case (now below kwinner-boost)",
     ]
     assert not any(c.startswith("dense") for c in changes)
     same = means.assign(worst=means["pgd"], **{"rank (worst case)": means["rank (PGD)"]})
-    assert _rank_changes(same) == []
+    assert rank_changes(same) == []
 
 
 def test_constant_per_seed_accuracies_are_not_called_certain():
@@ -293,8 +313,8 @@ def test_constant_per_seed_accuracies_are_not_called_certain():
     assert row["p"] > 0.05 and not row["significant"]
 
 
-def test_answer_keeps_clean_apart_and_says_at_how_many_strengths():
-    from robustbench_sparse.report.report import answer
+def test_verdict_keeps_clean_apart_and_says_at_how_many_strengths():
+    from robustbench_sparse.report.verdict import sentences, shown, verdict_frame
 
     tests = pd.DataFrame([
         {"evaluation": "clean", "strength": 0.0, "param": "", "kind": "clean", "model": "kwinner",
@@ -313,39 +333,60 @@ def test_answer_keeps_clean_apart_and_says_at_how_many_strengths():
          "reference": "dense", "difference": 0.5, "test": "McNemar exact", "p": 0.5, "p (Holm)": 1.0,
          "significant": False},
     ])
-    text = " ".join(answer(tests, ["dense", "kwinner", "dropout", "batchnorm"], 100,
-                           {"kwinner": ["BPDA beats plain gradients"]}))
-    assert ("Significantly higher accuracy than dense: kwinner under pixel, pgd (at 2 of their 3 strengths; "
-            "largest: +12.0 points, pgd at ε=0.1)") in text
-    assert "masking checks fired for kwinner (BPDA beats plain gradients)" in text
-    assert "Clean accuracy differs significantly from dense's for kwinner (-1.5 points)" in text
-    assert "under clean" not in text
-    assert "No significant difference from dense under any perturbation: dropout." in text
-    assert "Not compared (no results beside dense's): batchnorm." in text
-    assert "Holm-corrected over the 5 comparisons tested" in text
+    models = ["dense", "kwinner", "dropout", "batchnorm"]
+    frame = verdict_frame(tests, pd.DataFrame(), models, "dense",
+                          fired={"kwinner": ["5. BPDA beats plain gradients"]})
+    rows = frame.set_index("model")
+    # kwinner: higher under pixel and pgd at 2 of its 3 strengths under a perturbation; largest +12.0 (pgd, eps 0.1)
+    assert rows.loc["kwinner", ["higher", "lower", "tested"]].tolist() == [2, 0, 3]
+    assert rows.loc["kwinner", "largest difference"] == 12.0 and rows.loc["kwinner", "largest at"] == "pgd at ε=0.1"
+    # clean accuracy is kept apart: its own column, never counted among the perturbations
+    assert rows.loc["kwinner", "clean difference"] == -1.5 and rows.loc["kwinner", "clean significant"]
+    assert rows.loc["dropout", ["higher", "lower", "tested"]].tolist() == [0, 0, 1]  # no significant difference
+    assert rows.loc["batchnorm", "tested"] == 0  # not compared
+    printed = shown(frame, "dense", None).set_index("model")
+    assert printed.loc["kwinner", "clean Δ (points)"] == "-1.5 *"
+    assert printed.loc["kwinner", "significant: higher / lower of tested"] == "2 / 0 of 3"
+    assert printed.loc["kwinner", "largest significant Δ"] == "+12.0 (pgd at ε=0.1)"
+    assert printed.loc["kwinner", "masking warning"] == (
+        "[check 5. BPDA beats plain gradients](../../../docs/masking.md#check-5)")
+    assert printed.loc["dropout", "masking warning"] == "" and printed.loc["dense", "clean Δ (points)"] == "ref"
+    assert printed.loc["batchnorm", "significant: higher / lower of tested"] == "not compared"
+    said = sentences(frame, tests, pd.DataFrame(), "dense", 100)
+    assert len(said) <= 3
+    assert "Holm-corrected over the 5 comparisons" in said[0] and "McNemar's exact test on the same 100" in said[0]
+    assert "masking warning" in said[-1]
 
 
-def test_answer_flags_a_clean_gap_beyond_the_fair_recipe_rule_significant_or_not():
-    from robustbench_sparse.report.report import CLEAN_GAP_POINTS, answer
+def test_verdict_flags_a_clean_gap_beyond_the_fair_recipe_rule_significant_or_not():
+    from robustbench_sparse.report.verdict import CLEAN_GAP_POINTS, sentences, shown, verdict_frame
 
     def clean(model: str, difference: float, significant: bool) -> dict:
         return {"evaluation": "clean", "strength": 0.0, "param": "", "kind": "clean", "model": model,
                 "reference": "dense", "difference": difference, "test": "Welch t", "p": 0.01 if significant else 0.4,
                 "p (Holm)": 0.02 if significant else 0.8, "significant": significant}
 
+    def said(rows: list[dict], models: list[str]) -> tuple[pd.DataFrame, str]:
+        tests = pd.DataFrame(rows)
+        frame = verdict_frame(tests, pd.DataFrame(), models, "dense")
+        return frame, " ".join(sentences(frame, tests, pd.DataFrame(), "dense", 2000))
+
     assert CLEAN_GAP_POINTS == 1.5
-    tests = pd.DataFrame([clean("kwinner", -3.6, False), clean("dropout", 1.4, True), clean("batchnorm", 1.6, False)])
-    text = " ".join(answer(tests, ["dense", "kwinner", "dropout", "batchnorm"], 2000))
-    assert "Not within 1.5 points of dense's clean accuracy (mean over seeds): kwinner (-3.6), batchnorm (+1.6)." in text
-    assert "dropout (+1.4)" not in text.split("Not within")[1]
-    within = " ".join(answer(pd.DataFrame([clean("kwinner", -1.5, False)]), ["dense", "kwinner"], 2000))
-    assert "Not within" not in within
-    # significant and beyond the rule: said once, in the significance sentence
-    both = " ".join(answer(pd.DataFrame([clean("kwinner", -2.4, True), clean("batchnorm", 1.6, False)]),
-                           ["dense", "kwinner", "batchnorm"], 2000))
-    assert ("Clean accuracy differs significantly from dense's for kwinner (-2.4 points): a gap that confounds the "
-            "comparisons above; for kwinner it is beyond the 1.5-point rule of a fair recipe") in both
-    assert "Not within 1.5 points of dense's clean accuracy (mean over seeds): batchnorm (+1.6)." in both
+    frame, text = said([clean("kwinner", -3.6, False), clean("dropout", 1.4, True), clean("batchnorm", 1.6, False)],
+                       ["dense", "kwinner", "dropout", "batchnorm"])
+    rows = frame.set_index("model")
+    assert rows["clean beyond the fair-recipe rule"].to_dict() == {
+        "dense": False, "kwinner": True, "dropout": False, "batchnorm": True}
+    assert rows.loc["dropout", "clean difference"] == 1.4 and rows.loc["dropout", "clean significant"]
+    assert "Clean accuracy not within 1.5 points of dense's (mean over seeds): kwinner (-3.6), batchnorm (+1.6)," in text
+    assert "dropout (+1.4)" not in text
+    assert "Welch's t-test over training seeds" in text
+    _, within = said([clean("kwinner", -1.5, False)], ["dense", "kwinner"])
+    assert "not within" not in within
+    # significant and beyond the rule: marked in the table, named once under it
+    frame, both = said([clean("kwinner", -2.4, True), clean("batchnorm", 1.6, False)], ["dense", "kwinner", "batchnorm"])
+    assert shown(frame, "dense", None).set_index("model").loc["kwinner", "clean Δ (points)"] == "-2.4 *"
+    assert "Clean accuracy not within 1.5 points of dense's (mean over seeds): kwinner (-2.4), batchnorm (+1.6)," in both
     assert both.count("kwinner (-2.4") == 1
 
 
@@ -367,7 +408,7 @@ def _pixel_rows(model: str, seed: int, right_per_level: list[int], n: int = 100)
 
 def test_noise_scores_are_tested_once_per_model_over_seeds_and_holm_corrected():
     from robustbench_sparse.analysis.stats import compare_noise_scores
-    from robustbench_sparse.report.report import noise_score_sentence
+    from robustbench_sparse.report.verdict import sentences, shown, verdict_frame
 
     rows = []
     for seed, jitter in enumerate((0, 2, -1)):
@@ -382,10 +423,14 @@ def test_noise_scores_are_tested_once_per_model_over_seeds_and_holm_corrected():
     assert (table["test"] == "Welch t").all()
     assert table.loc["kwinner", "significant"] and not table.loc["dropout", "significant"]
     assert table.loc["kwinner", "p (Holm)"] == pytest.approx(2 * table.loc["kwinner", "p"])  # 2 models
-    sentence = noise_score_sentence(table.reset_index())
-    assert "Holm-corrected over the 2 models" in sentence
-    assert "significantly higher than dense's: kwinner (+50)" in sentence
-    assert "not significantly different: dropout" in sentence
+    scores = table.reset_index()
+    frame = verdict_frame(pd.DataFrame(), scores, ["dense", "kwinner", "dropout"], "dense")
+    rows = frame.set_index("model")
+    assert rows.loc["kwinner", "noise score difference"] == pytest.approx(50) and rows.loc["kwinner", "noise score significant"]
+    assert not rows.loc["dropout", "noise score significant"]
+    printed = shown(frame, "dense", None).set_index("model")["noise score Δ (images)"]
+    assert printed["kwinner"] == "+50 *" and not printed["dropout"].endswith("*")
+    assert "for the noise score, over the 2 models" in sentences(frame, pd.DataFrame(), scores, "dense", 100)[0]
 
 
 def test_a_noise_score_from_one_seed_is_tested_paired_over_images_not_over_pooled_levels():

@@ -3,8 +3,9 @@ import torch
 
 from robustbench_sparse.data.datasets import DATASETS
 from robustbench_sparse.runtime import REPO_ROOT, UserError
+from robustbench_sparse.zoo.build import build_model
 from robustbench_sparse.zoo.sparse import KWinners, KWinners2d, SparseWeights
-from robustbench_sparse.zoo.spec import build_model, load_zoo, parse_zoo, select_models
+from robustbench_sparse.zoo.spec import load_zoo, parse_zoo, select_models
 
 ZOO = load_zoo(REPO_ROOT / "models" / "zoo.toml")
 

@@ -2,7 +2,7 @@
 
 Computed from stored records only (white-box records, and transfer records whose target is the
 model), so every report and table can show them. Each flag carries the evidence behind it, in
-words a reader can check against the tables. The checks (REFERENCE.md sections 7 and 11):
+words a reader can check against the tables. The checks (docs/masking.md#check-1 ... #check-10):
 
 1. one-step beats iterative: FGSM below I-FGSM or PGD at the same eps (and accuracy rising with eps);
 2. more effort does not help: PGD with >= 5x the steps x restarts no lower than plain PGD, while
@@ -29,10 +29,8 @@ import pandas as pd
 
 from robustbench_sparse.evaluation.cells import decode_flags
 from robustbench_sparse.evaluation.kinds import parse_spec
-from robustbench_sparse.perturb.attacks import ATTACKS
+from robustbench_sparse.perturb.attacks import ATTACKS, LABELS  # LABELS: attack name -> label, from the registry
 
-LABELS = {"fgsm": "FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd": "PGD", "square": "Square", "apgd": "APGD",
-          "autoattack": "AutoAttack"}
 # The checks: name, and what a suite must run for each (shown when it could not run).
 CHECK_NEEDS = {
     1: ("one-step beats iterative",

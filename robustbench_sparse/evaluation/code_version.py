@@ -26,6 +26,7 @@ NUMBER_CODE = (
     "zoo/layers.py",
     "zoo/sparse.py",
     "zoo/spec.py",
+    "zoo/build.py",
     "perturb/**/*.py",
     "evaluation/kinds.py",
     "execution/executor.py",

@@ -4,88 +4,54 @@ A spec string such as
 `pgd(alpha=0.01,backend=torchattacks,bpda=none,eps=0.3,loss=ce,random_start=true,restarts=1,steps=40)`
 names one evaluation at one strength completely (every default filled in, keys sorted), so it is
 a stable key for results and caches.
+
+The kinds are registered once each (`register_kind`); every registered attack is a kind too
+(`attacks.register`), so `KINDS` lists both.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from robustbench_sparse.data.datasets import DatasetInfo
 from robustbench_sparse.perturb import attacks, corruptions, noise
+from robustbench_sparse.perturb.attacks.base import ALPHA
+from robustbench_sparse.perturb.params import Param, boolean, choice, number
 from robustbench_sparse.runtime import UserError, generator
 
-
-@dataclass(frozen=True)
-class Param:
-    default: Any
-    check: Callable[[Any, DatasetInfo], bool]
-    valid: str  # the valid range, for error messages
-
-
-def _number(lo: float, hi: float | None = None) -> Callable[[Any, DatasetInfo], bool]:
-    return lambda v, _: isinstance(v, int | float) and not isinstance(v, bool) and lo <= v and (hi is None or v <= hi)
-
-
-def _int(lo: int) -> Callable[[Any, DatasetInfo], bool]:
-    return lambda v, _: isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _choice(*options: Any) -> Callable[[Any, DatasetInfo], bool]:
-    return lambda v, _: v in options
-
-
-def _bool() -> Callable[[Any, DatasetInfo], bool]:
-    return lambda v, _: isinstance(v, bool)  # not 1 or 0: one value, one spec string
-
-
-EPS = Param(0.0, _number(0, 1), "0 <= eps <= 1 (L-inf, pixel space)")
-STEPS = Param(10, _int(1), "an integer >= 1")
-ALPHA = Param("auto", lambda v, _: v == "auto" or _number(1e-9)(v, _), '"auto" (2.5 eps / steps) or > 0')
-BACKEND = Param("torchattacks", _choice(*attacks.BACKENDS), " or ".join(attacks.BACKENDS))
-BPDA = Param(
-    "none", _choice(*attacks.BPDA_MODES),
-    "none, relu or identity (k-winners backward: own mask, ReLU's, straight-through)",
-)
-EARLY_STOP = Param(
-    True, _bool(),
-    "true (each image stops at its first misclassified iterate; our loop, torchattacks' steps) or false "
-    "(every image for every step, ending where the library's attack ends; default with backend=foolbox)",
-)
 PRUNE = Param(
-    True, _bool(),
+    True, boolean(),
     "true (eps swept upwards, only images no smaller eps fooled are attacked; accuracy at eps = no eps' <= eps "
     "fooled it) or false (every eps attacks every image); a suite's `prune` sets the default",
 )
-
-
-def _early_stop_needs_torchattacks(params: dict[str, Any]) -> str | None:
-    if params.get("backend") == "foolbox" and params.get("early_stop"):
-        return ("early_stop=true runs our loop with torchattacks' update rule; with backend=foolbox set "
-                "early_stop=false (the default there)")
-    return None
-
-
-def _foolbox_pgd_needs_ce(params: dict[str, Any]) -> str | None:
-    if params.get("backend") == "foolbox" and params.get("loss") == "margin":
-        return ("loss='margin' needs backend=torchattacks (foolbox's LinfPGD attacks cross-entropy only); "
-                "valid: loss=ce with backend=foolbox, or loss=ce or margin with backend=torchattacks")
-    return None
-
-
 ACCURACY = "accuracy"
 RANDOM_TOLERANCE = 1e-4  # AutoAttack's checks.py: outputs of one input differing by more are "randomised"
 DETERMINISM_RUNS = 5
 
+# The random-noise kinds: (x, params, info, per-image generators) -> perturbed x.
+Noise = Callable[[torch.Tensor, dict[str, Any], DatasetInfo, list[torch.Generator]], torch.Tensor]
+
+
+class Measure(Protocol):
+    """A measurement kind's run: one flag per input of x (on the CPU), the model in eval mode;
+    `image_seeds` (one per input) seed any random draw."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any], *,
+                 device: torch.device, batch_size: int, image_seeds: list[int]) -> torch.Tensor: ...
+
 
 @dataclass(frozen=True)
 class Kind:
+    """One evaluation kind: what a suite names, the parameter it sweeps, and how it runs (exactly
+    one of `noise`, `attack` or `measure`, or none of them for clean)."""
+
     name: str
     description: str
     strength: str | None  # the parameter a suite sweeps
@@ -95,13 +61,18 @@ class Kind:
     # What a record's number measures: accuracy for every perturbation; other metrics are kept
     # apart from accuracies in tables and checks.
     metric: str = ACCURACY
-    # The random-noise kinds: (x, params, info, per-image generators) -> perturbed x.
-    noise: Callable[[torch.Tensor, dict[str, Any], DatasetInfo, list[torch.Generator]], torch.Tensor] | None = None
+    noise: Noise | None = None
     corruption: bool = False  # one of MNIST-C's common corruptions
+    attack: attacks.Attack | None = None  # the registered attack that crafts it
+    measure: Measure | None = None  # a measurement of the model itself (`metric` is not accuracy)
+
+    def __post_init__(self) -> None:
+        if sum(way is not None for way in (self.noise, self.attack, self.measure)) > 1:
+            raise ValueError(f"kind {self.name!r}: give at most one of noise, attack and measure")
 
     @property
     def adversarial(self) -> bool:
-        return self.name in attacks.ATTACKS
+        return self.attack is not None
 
     @property
     def prunable(self) -> bool:
@@ -111,152 +82,71 @@ class Kind:
     def batch_dependent(self, params: dict[str, Any]) -> bool:
         """Whether the number depends on how the test set is cut into batches: only for attacks
         whose library draws its randomness for a whole batch from one generator."""
-        return self.adversarial and attacks.batch_dependent(self.name, params)
+        return self.attack is not None and self.attack.batch_dependent(params)
 
 
-KINDS: dict[str, Kind] = {
-    k.name: k
-    for k in [
-        Kind("clean", "no perturbation", None),
-        Kind("gradients", "share of inputs whose input gradient is non-zero and finite (not an accuracy); at "
-             "x itself, or at a random start in the eps-ball (where PGD and APGD start)", None,
-             {"eps": Param(0.0, _number(0, 1), "0 (at x) or 0 < eps <= 1 (at x + U(-eps, eps), clipped)")},
-             metric="live-gradient share"),
-        Kind("determinism", f"share of inputs whose logits agree (within {RANDOM_TOLERANCE:g}) over "
-             f"{DETERMINISM_RUNS} forward passes (not an accuracy; AutoAttack's randomised-model check)", None,
-             metric="deterministic share"),
-        Kind("logits", "share of inputs whose output row is not a probability vector (rows in [0, 1] summing "
-             "to 1: softmax output; not an accuracy)", None, metric="logit-output share"),
-        Kind("gaussian", "x + sigma N(0,1), clipped", "sigma", {"sigma": Param(0.0, _number(0), "sigma >= 0")},
-             noise=lambda x, p, info, gens: noise.gaussian_noise(x, p["sigma"], gens)),
-        Kind("blend", "(1 - eta) x + eta U(0,1)", "eta", {"eta": Param(0.0, _number(0, 1), "0 <= eta <= 1")},
-             noise=lambda x, p, info, gens: noise.blend_noise(x, p["eta"], gens)),
-        Kind(
-            "pixel",
-            "floor(eta * pixels) pixels set to mean + 2 std (the paper's protocol), or the forum's variants",
-            "eta",
-            {
-                "eta": Param(0.0, _number(0, 1), "0 <= eta <= 1"),
-                "fill": Param("paper", _choice("paper", "uniform", "half"),
-                              "paper (the dataset's mean + 2 std), uniform (U(0,1) per chosen pixel) or half (0.5)"),
-            },
-            noise=lambda x, p, info, gens: noise.pixel_noise(x, p["eta"], _paper_value(info), gens, p["fill"]),
-        ),
-        Kind(
-            "occlusion",
-            "a size x size patch at a random position",
-            "size",
-            {
-                "size": Param(
-                    0,
-                    lambda v, info: isinstance(v, int) and 0 <= v <= min(info.shape[1:]),
-                    "an integer patch side from 0 to the image side",
-                ),
-                "fill": Param("zero", _choice("zero", "noise"), "zero or noise"),
-            },
-            noise=lambda x, p, info, gens: noise.occlusion(x, p["size"], gens, p["fill"]),
-        ),
-        Kind("fgsm", "one signed-gradient step of size eps", "eps",
-             {"eps": EPS, "backend": BACKEND, "bpda": BPDA, "prune": PRUNE}),
-        Kind(
-            "ifgsm", "iterative FGSM (BIM)", "eps",
-            {"eps": EPS, "steps": STEPS, "alpha": ALPHA, "backend": BACKEND, "bpda": BPDA,
-             "early_stop": EARLY_STOP, "prune": PRUNE},
-            (_early_stop_needs_torchattacks,),
-        ),
-        Kind(
-            "mifgsm",
-            "momentum iterative FGSM",
-            "eps",
-            {
-                "eps": EPS, "steps": STEPS, "alpha": ALPHA,
-                "decay": Param(1.0, _number(0), "decay >= 0"),
-                "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no MI-FGSM)"),
-                "bpda": BPDA,
-                "early_stop": EARLY_STOP,
-                "prune": PRUNE,
-            },
-        ),
-        Kind(
-            "pgd",
-            "projected gradient descent with a random start (per-sample worst case over restarts)",
-            "eps",
-            {
-                "eps": EPS, "steps": Param(40, _int(1), "an integer >= 1"), "alpha": ALPHA,
-                "random_start": Param(True, _bool(), "true or false"),
-                "backend": BACKEND,
-                "bpda": BPDA,
-                "restarts": Param(1, _int(1), "an integer >= 1 (runs with derived seeds, worst case per sample)"),
-                "loss": Param(
-                    "ce", _choice(*attacks.PGD_LOSSES),
-                    "ce (cross-entropy) or margin (max_{j != y} z_j - z_y on the logits)",
-                ),
-                "early_stop": EARLY_STOP,
-                "prune": PRUNE,
-            },
-            (_foolbox_pgd_needs_ce, _early_stop_needs_torchattacks),
-        ),
-        Kind(
-            "square",
-            "Square attack: gradient-free random search on the margin loss",
-            "eps",
-            {
-                "eps": EPS,
-                "n_queries": Param(1000, _int(1), "an integer >= 1"),
-                "p_init": Param(0.8, lambda v, _: _number(0, 1)(v, _) and v > 0, "0 < p_init <= 1"),
-                "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no Square)"),
-                "prune": PRUNE,
-            },
-        ),
-        Kind(
-            "apgd",
-            "APGD (Croce & Hein 2020; torchattacks): PGD with an adaptive step size, cross-entropy or DLR loss",
-            "eps",
-            {
-                "eps": EPS,
-                "steps": Param(100, _int(1), "an integer >= 1 (AutoAttack's APGD: 100)"),
-                "loss": Param("ce", _choice(*attacks.APGD_LOSSES), "ce (cross-entropy) or dlr (difference of "
-                              "logits ratio, scale-invariant; needs >= 3 classes)"),
-                "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no APGD)"),
-                "bpda": BPDA,
-                "prune": PRUNE,
-            },
-        ),
-        Kind(
-            "autoattack",
-            "standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square; each later attack on the images still "
-            "correct, robust accuracy = the per-image worst case",
-            "eps",
-            {
-                "eps": EPS,
-                "steps": Param(100, _int(1), "an integer >= 1: iterations of APGD, APGD-T and FAB-T (original: 100)"),
-                "n_queries": Param(5000, _int(1), "an integer >= 1: Square's queries (original: 5000)"),
-                "backend": Param("torchattacks", _choice("torchattacks"), "torchattacks (foolbox has no AutoAttack)"),
-                "bpda": BPDA,
-                "prune": PRUNE,
-            },
-        ),
-        *[
-            Kind(
-                c.name,
-                f"MNIST-C corruption: {c.description} [{c.source}]",
-                "severity",
-                {"severity": Param(
-                    c.default_severity,
-                    lambda v, info, name=c.name: (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 5
-                                                  and corruptions.check_shape(name, (1, *info.shape)) is None),
-                    f"an integer severity 1-5 (MNIST-C's default: {c.default_severity})"
-                    + (f"; {c.name} needs 1x28x28 grey images" if c.grey_28_only else ""),
-                )},
-                noise=lambda x, p, info, gens, name=c.name: corruptions.corrupt(name, x, p["severity"], gens),
-                corruption=True,
-            )
-            for c in corruptions.CORRUPTIONS.values()
-        ],
-    ]
-}
+def attack_kind(attack: attacks.Attack) -> Kind:
+    """The evaluation kind of a registered attack: swept over eps, its sweep prunable."""
+    return Kind(attack.name, attack.description, "eps", {**attack.params, "prune": PRUNE}, attack.constraints,
+                attack=attack)
 
-CORRUPTION_KINDS = tuple(k.name for k in KINDS.values() if k.corruption)
+
+_REGISTERED: dict[str, Kind] = {}  # the kinds registered here (attacks come from their registry)
+_ATTACK_KINDS: dict[str, tuple[attacks.Attack, Kind]] = {}  # each attack's kind, made once
+
+
+def _kind_of_attack(attack: attacks.Attack) -> Kind:
+    made = _ATTACK_KINDS.get(attack.name)
+    if made is None or made[0] is not attack:
+        made = _ATTACK_KINDS[attack.name] = (attack, attack_kind(attack))
+    return made[1]
+
+
+class _Kinds(Mapping[str, Kind]):
+    """Every evaluation kind by name, live: the kinds registered here and one per registered
+    attack, listed plain kinds first, then attacks, then corruptions."""
+
+    def __getitem__(self, name: str) -> Kind:
+        if name in attacks.ATTACKS:
+            if name in _REGISTERED:
+                raise ValueError(f"{name!r} is registered both as an attack and as an evaluation kind")
+            return _kind_of_attack(attacks.attack_of(name))
+        return _REGISTERED[name]
+
+    def __iter__(self) -> Iterator[str]:
+        names = [n for n, k in _REGISTERED.items() if not k.corruption]
+        names += [n for n in attacks.ATTACKS if n not in _REGISTERED]
+        names += [n for n, k in _REGISTERED.items() if k.corruption]
+        return iter(names)
+
+    def __len__(self) -> int:
+        return len(_REGISTERED) + sum(1 for n in attacks.ATTACKS if n not in _REGISTERED)
+
+    def __contains__(self, name: object) -> bool:
+        return name in _REGISTERED or name in attacks.ATTACKS
+
+
+KINDS: Mapping[str, Kind] = _Kinds()
+
+
+def register_kind(kind: Kind) -> Kind:
+    """Add an evaluation kind that is not an attack (an attack registers through
+    `attacks.register` and appears here by itself); a name already taken is refused."""
+    if kind.attack is not None:
+        raise ValueError(f"{kind.name}: register the attack with attacks.register, not as a kind")
+    if kind.name in KINDS:
+        raise ValueError(f"evaluation kind {kind.name!r} is already registered; pick another name")
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", kind.name):
+        raise ValueError(f"kind name {kind.name!r} cannot appear in a spec string; use [a-z][a-z0-9_-]*")
+    _REGISTERED[kind.name] = kind
+    return kind
+
+
+def unregister_kind(name: str) -> Kind:
+    """Remove a kind registered with `register_kind` (for tests) and return it."""
+    if name not in _REGISTERED:
+        raise KeyError(f"evaluation kind {name!r} is not registered")
+    return _REGISTERED.pop(name)
 
 
 def kind_of(name: str) -> Kind:
@@ -385,3 +275,92 @@ def logit_flags(model: nn.Module, x: torch.Tensor, device: torch.device, batch_s
     with torch.inference_mode():
         flags = [(~probability_rows(model(xb))).cpu() for xb in _batches(x, device, batch_size)]
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
+def live_gradient_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any], *,
+                        device: torch.device, batch_size: int, image_seeds: list[int]) -> torch.Tensor:
+    """Per input: is the input gradient usable (non-zero, finite)? At x, or with eps > 0 at a
+    random start in the eps-ball, as PGD and APGD begin (AutoAttack's check)."""
+    eps = params.get("eps", 0.0)
+    if eps > 0:
+        x = noise.uniform_ball(x, eps, [generator(s) for s in image_seeds])
+    zero, nonfinite = attacks.live_gradients(model, x, y, device, batch_size)
+    return ~(zero | nonfinite)
+
+
+def _determinism(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any], *,
+                 device: torch.device, batch_size: int, image_seeds: list[int]) -> torch.Tensor:
+    return deterministic_flags(model, x, device, batch_size)
+
+
+def _logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any], *,
+            device: torch.device, batch_size: int, image_seeds: list[int]) -> torch.Tensor:
+    return logit_flags(model, x, device, batch_size)
+
+
+# --- the kinds that are not attacks, in the order `rbs evaluations` lists them -------------------
+
+register_kind(Kind("clean", "no perturbation", None))
+register_kind(Kind(
+    "gradients", "share of inputs whose input gradient is non-zero and finite (not an accuracy); at "
+    "x itself, or at a random start in the eps-ball (where PGD and APGD start)", None,
+    {"eps": Param(0.0, number(0, 1), "0 (at x) or 0 < eps <= 1 (at x + U(-eps, eps), clipped)")},
+    metric="live-gradient share", measure=live_gradient_flags,
+))
+register_kind(Kind(
+    "determinism", f"share of inputs whose logits agree (within {RANDOM_TOLERANCE:g}) over "
+    f"{DETERMINISM_RUNS} forward passes (not an accuracy; AutoAttack's randomised-model check)", None,
+    metric="deterministic share", measure=_determinism,
+))
+register_kind(Kind(
+    "logits", "share of inputs whose output row is not a probability vector (rows in [0, 1] summing "
+    "to 1: softmax output; not an accuracy)", None,
+    metric="logit-output share", measure=_logits,
+))
+register_kind(Kind("gaussian", "x + sigma N(0,1), clipped", "sigma", {"sigma": Param(0.0, number(0), "sigma >= 0")},
+                   noise=lambda x, p, info, gens: noise.gaussian_noise(x, p["sigma"], gens)))
+register_kind(Kind("blend", "(1 - eta) x + eta U(0,1)", "eta", {"eta": Param(0.0, number(0, 1), "0 <= eta <= 1")},
+                   noise=lambda x, p, info, gens: noise.blend_noise(x, p["eta"], gens)))
+register_kind(Kind(
+    "pixel",
+    "floor(eta * pixels) pixels set to mean + 2 std (the paper's protocol), or the forum's variants",
+    "eta",
+    {
+        "eta": Param(0.0, number(0, 1), "0 <= eta <= 1"),
+        "fill": Param("paper", choice("paper", "uniform", "half"),
+                      "paper (the dataset's mean + 2 std), uniform (U(0,1) per chosen pixel) or half (0.5)"),
+    },
+    noise=lambda x, p, info, gens: noise.pixel_noise(x, p["eta"], _paper_value(info), gens, p["fill"]),
+))
+register_kind(Kind(
+    "occlusion",
+    "a size x size patch at a random position",
+    "size",
+    {
+        "size": Param(
+            0,
+            lambda v, info: isinstance(v, int) and 0 <= v <= min(info.shape[1:]),
+            "an integer patch side from 0 to the image side",
+        ),
+        "fill": Param("zero", choice("zero", "noise"), "zero or noise"),
+    },
+    noise=lambda x, p, info, gens: noise.occlusion(x, p["size"], gens, p["fill"]),
+))
+for _c in corruptions.CORRUPTIONS.values():
+    register_kind(Kind(
+        _c.name,
+        f"MNIST-C corruption: {_c.description} [{_c.source}]",
+        "severity",
+        {"severity": Param(
+            _c.default_severity,
+            lambda v, info, name=_c.name: (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 5
+                                           and corruptions.check_shape(name, (1, *info.shape)) is None),
+            f"an integer severity 1-5 (MNIST-C's default: {_c.default_severity})"
+            + (f"; {_c.name} needs 1x28x28 grey images" if _c.grey_28_only else ""),
+        )},
+        noise=lambda x, p, info, gens, name=_c.name: corruptions.corrupt(name, x, p["severity"], gens),
+        corruption=True,
+    ))
+del _c
+
+CORRUPTION_KINDS = tuple(k.name for k in KINDS.values() if k.corruption)

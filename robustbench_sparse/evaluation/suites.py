@@ -125,20 +125,21 @@ class Suite:
 
 
 def available_suites(paths: Paths) -> list[str]:
-    return sorted(p.stem for p in paths.suites.glob("*.toml"))
+    return sorted({p.stem for folder in paths.suite_folders for p in folder.glob("*.toml")})
 
 
 def suite_path(paths: Paths, name: str) -> Path:
     candidate = Path(name)
     if candidate.suffix == ".toml" and candidate.exists():
         return candidate
-    path = paths.suites / f"{name}.toml"
-    if not path.exists():
-        raise UserError(
-            f"unknown suite {name!r}; valid: {', '.join(available_suites(paths)) or '(none found)'} "
-            f"(files in {paths.suites}), or a path to a .toml suite file"
-        )
-    return path
+    for folder in paths.suite_folders:
+        path = folder / f"{name}.toml"
+        if path.exists():
+            return path
+    raise UserError(
+        f"unknown suite {name!r}; valid: {', '.join(available_suites(paths)) or '(none found)'} "
+        f"(files in {paths.suites} and the shipped suites), or a path to a .toml suite file"
+    )
 
 
 _TOP_KEYS = {"description", "test_size", "seed", "batch_size", "prune", "evaluations", "transfer", "models"}

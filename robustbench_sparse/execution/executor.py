@@ -4,13 +4,12 @@ The two task kinds, `perturbed_set` (craft: model, evaluation, strength -> input
 (model, inputs -> per-image correctness), cover white-box evaluation, noise and transfer alike.
 A `Workspace` gives a worker what it needs (models by name and seed, the test set, the device,
 the adversarial-set cache). The local executor runs jobs one after another in this process; an
-executor for another engine is one new module registered in `EXECUTORS`.
+executor for another engine is one new module registered in `execution.registry`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,12 +20,12 @@ from torch import nn
 
 from robustbench_sparse.data.datasets import Dataset, DatasetInfo
 from robustbench_sparse.evaluation.cells import Cell, Job
-from robustbench_sparse.evaluation.kinds import ACCURACY, deterministic_flags, kind_of, logit_flags, perturb
+from robustbench_sparse.evaluation.kinds import ACCURACY, kind_of, perturb
 from robustbench_sparse.evaluation.suites import Evaluation
 from robustbench_sparse.execution.cache import ArtifactStore
-from robustbench_sparse.perturb import noise
-from robustbench_sparse.perturb.attacks import craft_batches, live_gradients
-from robustbench_sparse.runtime import UserError, eval_mode, generator, stable_seed, torch_threads
+from robustbench_sparse.execution.registry import no_options
+from robustbench_sparse.perturb.attacks import craft_batches
+from robustbench_sparse.runtime import eval_mode, stable_seed, torch_threads
 from robustbench_sparse.zoo.checkpoints import model_from_bytes
 from robustbench_sparse.zoo.spec import ModelSpec
 
@@ -132,21 +131,13 @@ def correct_flags(
     batch_size: int,
 ) -> torch.Tensor:
     """Per-sample correctness of `model` (in eval mode) under one evaluation at one strength (a
-    pruned sweep's sets at smaller eps crafted on the way, as the harness does). For a metric
-    other than accuracy (`gradients`): per sample, whether the input gradient is
-    usable (non-zero, finite)."""
-    if evaluation.kind == "gradients":
-        eps = evaluation.params_at(strength).get("eps", 0.0)
-        if eps > 0:  # at a random start in the eps-ball, as PGD and APGD begin (AutoAttack's check)
-            start = noise.uniform_ball(x, eps, [generator(s) for s in
-                                                 image_seeds(eval_seed, evaluation.draw_spec(strength), 0, len(x))])
-            x = start
-        zero, nonfinite = live_gradients(model, x, y, device, batch_size)
-        return ~(zero | nonfinite)
-    if evaluation.kind == "determinism":
-        return deterministic_flags(model, x, device, batch_size)
-    if evaluation.kind == "logits":
-        return logit_flags(model, x, device, batch_size)
+    pruned sweep's sets at smaller eps crafted on the way, as the harness does). For a measurement
+    kind (a metric other than accuracy, e.g. `gradients`): its per-sample flag (`Kind.measure`)."""
+    kind = kind_of(evaluation.kind)
+    if kind.measure is not None:
+        seeds = image_seeds(eval_seed, evaluation.draw_spec(strength), 0, len(x))
+        return kind.measure(model, x, y, evaluation.params_at(strength), device=device, batch_size=batch_size,
+                            image_seeds=seeds)
     previous = None
     for smaller in evaluation.chain(strength)[:-1]:  # a pruned sweep: the sets at smaller eps first
         previous = perturbed_set(model, evaluation, smaller, x, y, info, device, eval_seed, batch_size,
@@ -258,7 +249,7 @@ class LocalExecutor:
     threads (default: torch's own choice, one per core)."""
 
     def __init__(self, threads: int | None = None, **unused: Any) -> None:
-        _no_options("local", unused)
+        no_options("local", unused)
         self.threads = threads
 
     def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]:
@@ -279,28 +270,6 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
-
-
-def _no_options(name: str, unused: dict[str, Any]) -> None:
-    given = [k for k, v in unused.items() if v is not None]
-    if given:
-        raise UserError(f"the {name} executor takes no {', '.join('--' + k for k in given)}; "
-                        "those options are for --executor ray")
-
-
-# name -> "module:Class", imported only when used (an engine's package is needed only for its executor).
-EXECUTORS: dict[str, str] = {
-    "local": "robustbench_sparse.execution.executor:LocalExecutor",
-    "ray": "robustbench_sparse.execution.ray_executor:RayExecutor",
-}
-
-
-def make_executor(name: str, **options: Any) -> Executor:
-    """An executor by name; options (e.g. address, workers, threads) go to its constructor."""
-    if name not in EXECUTORS:
-        raise UserError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}")
-    module, _, cls = EXECUTORS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(**options)
 
 
 def cells_by_set(cells: Iterable[Cell]) -> list[Job]:

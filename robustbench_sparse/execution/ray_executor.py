@@ -41,8 +41,9 @@ from robustbench_sparse.execution.executor import (
     score,
 )
 from robustbench_sparse.runtime import UserError, eval_mode, torch_threads
+from robustbench_sparse.zoo.build import build_model
 from robustbench_sparse.zoo.checkpoints import model_from_bytes
-from robustbench_sparse.zoo.spec import ModelSpec, build_model
+from robustbench_sparse.zoo.spec import ModelSpec
 
 Recipe = tuple[ModelSpec, bytes]  # a model as it travels: its spec and its checkpoint's bytes
 
@@ -150,7 +151,7 @@ class RayExecutor:
         if address and workers:
             raise UserError("--workers sizes a local Ray; a cluster's size is set where it was started "
                             "(`ray start --num-cpus N`); give one of --address and --workers")
-        self.threads = threads or 1
+        self.threads = 1 if threads is None else threads
         if self.threads < 1:
             raise UserError(f"threads must be >= 1, got {threads}")
         self.gpus = gpus

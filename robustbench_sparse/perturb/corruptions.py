@@ -1,7 +1,7 @@
 """The 15 common corruptions of MNIST-C (Mu & Gilmer 2019, `google-research/mnist-c:corruptions.py`).
 
 `corrupt(name, x, severity, gens)` applies one corruption to a batch [B, C, H, W] in [0, 1]; each
-corruption follows the published per-severity parameters (REFERENCE.md section 10) and defaults to
+corruption follows the published per-severity parameters (docs/suites.md#corruptions) and defaults to
 MNIST-C's severity (`CORRUPTIONS[name].default_severity`).
 
 Randomness follows `noise.py`: one private generator per image, and every draw for image i (signs,

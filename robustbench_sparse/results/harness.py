@@ -15,7 +15,7 @@ import datetime as dt
 import functools
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ from robustbench_sparse.data.datasets import Dataset, DatasetInfo, dataset_info,
 from robustbench_sparse.evaluation.cells import COLUMNS, Cell, Job, environment, make_record, test_fingerprint
 from robustbench_sparse.evaluation.suites import Suite, TransferPlan, load_suite
 from robustbench_sparse.execution.cache import ArtifactStore
-from robustbench_sparse.execution.executor import Executor, Workspace, cells_by_set, make_executor
+from robustbench_sparse.execution.executor import Executor, Workspace, cells_by_set
+from robustbench_sparse.execution.registry import open_executor
+from robustbench_sparse.results.request import RunRequest
 from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import (
     Paths,
@@ -104,17 +106,14 @@ def _restrict_ensemble(suite: Suite, names: list[str]) -> tuple[Suite, list[str]
     return replace(suite, transfer=TransferPlan(suite.transfer.evaluations, suite.transfer.strengths, kept)), [note]
 
 
-def prepare(
-    dataset: str = "mnist5k",
-    suite: str = "standard",
-    models: list[str] | None = None,
-    seeds: Iterable[int] = (0,),
-    device: str = "auto",
-    backend: str | None = None,
-    home: Path | str | None = None,
-) -> Setup:
-    """Check a run's input; a UserError names what is wrong and the valid values."""
-    paths = Paths(Path(home)) if home else Paths.default()
+def prepare(*args: Any, **given: Any) -> Setup:
+    """Check a run's input (a `RunRequest` or its fields); a UserError names what is wrong and
+    the valid values."""
+    request = RunRequest.of(*args, **given).resolved()
+    dataset, suite, backend, device = request.dataset, request.suite, request.backend, request.device
+    models = None if request.models is None else list(request.models)
+    seeds = request.seeds
+    paths = Paths(request.home) if request.home else Paths.default()
     info = dataset_info(dataset)
     own = load_suite(paths, suite, info)
     the_suite = with_backend(own, backend)
@@ -217,18 +216,10 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
     return Plan(setup, data, checkpoints)
 
 
-def plan(
-    dataset: str = "mnist5k",
-    suite: str = "standard",
-    models: list[str] | None = None,
-    seeds: Iterable[int] = (0,),
-    device: str = "auto",
-    backend: str | None = None,
-    home: Path | str | None = None,
-    data_root: Path | str | None = None,
-    download: bool = False,
-) -> Plan:
-    return plan_from(prepare(dataset, suite, models, seeds, device, backend, home), data_root, download)
+def plan(*args: Any, **given: Any) -> Plan:
+    """The checked setup of a `RunRequest` (or its fields) with its checkpoints and test set."""
+    request = RunRequest.of(*args, **given)
+    return plan_from(prepare(request), request.data_root, request.download)
 
 
 def store_path(paths: Paths, dataset: str) -> Path:
@@ -319,12 +310,8 @@ def run_cells(
 ) -> pd.DataFrame:
     """Run the cells not already stored; return all their records (in the cells' order)."""
     store = store or open_store(plan.paths, plan.info.name)
-    runner = make_executor(executor) if isinstance(executor, str) else executor
-    try:
+    with open_executor(executor) as runner:  # one made here ends here; one given stays the caller's
         execute(cells_by_set(cells), store, runner, workspace(plan, cache), desc)
-    finally:
-        if isinstance(executor, str):
-            runner.close()  # an executor made here ends here; one given by the caller stays theirs
     store.export_jsonl()
     return cell_frame(store, cells, plan)
 
@@ -381,23 +368,15 @@ def run_metadata(plan: Plan) -> dict[str, Any]:
     }
 
 
-def evaluate(
-    dataset: str = "mnist5k",
-    suite: str = "standard",
-    models: list[str] | None = None,
-    seeds: Iterable[int] = (0,),
-    device: str = "auto",
-    backend: str | None = None,
-    home: Path | str | None = None,
-    data_root: Path | str | None = None,
-    download: bool = False,
-    executor: Executor | str = "local",
-) -> pd.DataFrame:
-    """Run a suite against trained zoo models; the long-form records as a DataFrame.
+def evaluate(*args: Any, **given: Any) -> pd.DataFrame:
+    """Run a suite against trained zoo models (a `RunRequest` or its fields); the long-form records
+    as a DataFrame.
 
     Finished cells are reused; results are also exported to reports/<dataset>/<run>/records.{csv,json}.
     """
-    the_plan = plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
-    frame = run(the_plan, executor=executor)
+    request = RunRequest.of(*args, **given)
+    the_plan = plan(request)
+    with request.open_executor() as runner:
+        frame = run(the_plan, executor=runner)
     export(frame, the_plan, "records")
     return frame

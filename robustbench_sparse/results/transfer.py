@@ -11,8 +11,7 @@ sets, and a re-run crafts nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -20,6 +19,7 @@ from robustbench_sparse.evaluation.cells import Cell
 from robustbench_sparse.execution.cache import ArtifactStore
 from robustbench_sparse.execution.executor import ENSEMBLE, Executor
 from robustbench_sparse.results import harness
+from robustbench_sparse.results.request import RunRequest
 from robustbench_sparse.results.store import ResultStore
 from robustbench_sparse.runtime import UserError
 
@@ -62,21 +62,13 @@ def run_transfer(
     return harness.run_cells(plan, transfer_cells(plan), store, cache, executor, desc="transfer")
 
 
-def transfer(
-    dataset: str = "mnist5k",
-    suite: str = "standard",
-    models: list[str] | None = None,
-    seeds: Iterable[int] = (0,),
-    device: str = "auto",
-    backend: str | None = None,
-    home: Path | str | None = None,
-    data_root: Path | str | None = None,
-    download: bool = False,
-    executor: Executor | str = "local",
-) -> pd.DataFrame:
-    """Run the suite's transfer attacks; long-form records with `source` and `model` (= target)."""
-    plan = harness.plan(dataset, suite, models, seeds, device, backend, home, data_root, download)
-    frame = run_transfer(plan, executor=executor)
+def transfer(*args: Any, **given: Any) -> pd.DataFrame:
+    """Run the suite's transfer attacks (a `RunRequest` or its fields); long-form records with
+    `source` and `model` (= target)."""
+    request = RunRequest.of(*args, **given)
+    plan = harness.plan(request)
+    with request.open_executor() as runner:
+        frame = run_transfer(plan, executor=runner)
     harness.export(frame, plan, "transfer")
     return frame
 

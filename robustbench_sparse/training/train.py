@@ -16,11 +16,12 @@ from robustbench_sparse.runtime import (
     progress_disabled,
     seed_everything,
 )
+from robustbench_sparse.zoo.build import build_model
 from robustbench_sparse.zoo.checkpoints import (
     Manifest,
 )
 from robustbench_sparse.zoo.sparse import rezero_weights, update_boost_strength
-from robustbench_sparse.zoo.spec import ModelSpec, build_model
+from robustbench_sparse.zoo.spec import ModelSpec
 
 
 @torch.inference_mode()

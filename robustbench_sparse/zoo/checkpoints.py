@@ -12,10 +12,12 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # imported where used, so listing commands and datasets stays light
+    import torch
+    from torch import nn
+
 
 from robustbench_sparse.data.datasets import DatasetInfo
 from robustbench_sparse.runtime import (
@@ -26,7 +28,7 @@ from robustbench_sparse.runtime import (
     library_versions,
     sha256_file,
 )
-from robustbench_sparse.zoo.spec import ModelSpec, build_model
+from robustbench_sparse.zoo.spec import ModelSpec
 
 Status = Literal["trained", "missing", "stale", "corrupt"]
 
@@ -101,6 +103,8 @@ def save_checkpoint(
     device: str,
     val_accuracy: float | None = None,
 ) -> Manifest:
+    import torch
+
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     data = buffer.getvalue()
@@ -143,9 +147,13 @@ def load_checkpoint(
 def model_from_bytes(spec: ModelSpec, info: DatasetInfo, data: bytes, device: torch.device | str = "cpu") -> nn.Module:
     """The model of `spec` with the weights saved in `data` (a checkpoint file's bytes), in eval mode.
     A model brought as an object (`family = EXTERNAL`) is the whole pickled module (`pack_module`)."""
+    import torch
+
     if spec.family == EXTERNAL:
         model = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     else:
+        from robustbench_sparse.zoo.build import build_model  # torch: only when a model is built
+
         model = build_model(spec, info)
         model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
     return model.to(device).eval()
@@ -164,6 +172,7 @@ def pack_module(model: nn.Module) -> bytes:
     import sysconfig
 
     import cloudpickle
+    import torch
 
     installed = {Path(p).resolve() for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
                                               sysconfig.get_paths()["stdlib"])}
@@ -198,6 +207,8 @@ def module_identity(model: nn.Module) -> str:
     same module gives the same one in any process (pickled bytes would not: they are not stable)."""
     import inspect
     import marshal
+
+    import torch
 
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)

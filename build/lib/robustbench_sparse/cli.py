@@ -1,0 +1,421 @@
+"""`rbs`: the command line. A thin layer: it parses, calls the library, and prints."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import pandas as pd
+import typer
+
+from robustbench_sparse.data.datasets import DATASETS
+from robustbench_sparse.execution.registry import EXECUTORS
+from robustbench_sparse.perturb.attacks import BACKENDS
+from robustbench_sparse.results.request import DEFAULT_DATASET, RunRequest
+from robustbench_sparse.runtime import DEVICES, BudgetViolation, Paths, UserError, resolve_device
+
+app = typer.Typer(
+    help="robustbench-sparse: do sparse networks really resist noise and adversarial attacks?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DatasetName = enum.StrEnum("DatasetName", {name: name for name in DATASETS})  # type: ignore[misc]
+DeviceName = enum.StrEnum("DeviceName", {name: name for name in DEVICES})  # type: ignore[misc]
+AUTO = DeviceName("auto")
+
+DatasetOpt = Annotated[DatasetName | None, typer.Option(
+    "--dataset", "-d", help=f"Dataset to use (default: {DEFAULT_DATASET}; for check: the baseline's).")]
+DeviceOpt = Annotated[DeviceName, typer.Option(help="Where models run; auto picks CUDA when available.")]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option(help="Folder holding models/, attacks/ and reports/ (default: $RBS_HOME, the current "
+                 "folder if it has models/zoo.toml, else the repository)."),
+]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(help="torchvision-style data folder (default: $RBS_DATA_ROOT or ~/.cache).")
+]
+DownloadOpt = Annotated[bool, typer.Option(help="Let torchvision download a missing dataset (needs internet).")]
+ModelsOpt = Annotated[str | None, typer.Option(help="Comma-separated model names (default: the whole zoo).")]
+SeedsOpt = Annotated[str, typer.Option(help="Comma-separated training seeds, e.g. 0,1,2.")]
+SuiteOpt = Annotated[str | None, typer.Option(
+    "--suite", "-s", help="Suite name under attacks/ or a .toml path (for check: the baseline's).")]
+BackendName = enum.StrEnum("BackendName", {name: name for name in BACKENDS})  # type: ignore[misc]
+BackendOpt = Annotated[
+    BackendName | None,
+    typer.Option(help="Attack library for FGSM/I-FGSM/PGD (default: as the suite says, torchattacks)."),
+]
+
+ExecutorName = enum.StrEnum("ExecutorName", {name: name for name in EXECUTORS})  # type: ignore[misc]
+LOCAL = ExecutorName("local")
+ExecutorOpt = Annotated[ExecutorName, typer.Option(
+    help="Where the work runs: local (this process) or ray (a private Ray on this machine, or the cluster "
+         "at --address).")]
+AddressOpt = Annotated[str | None, typer.Option(
+    help="Ray cluster to join, HOST:PORT (from `ray start --head`); default: start a private Ray for the run.")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    help="CPUs of the private Ray started for the run (default: all); each task gets one thread.")]
+
+ReportFormat = enum.StrEnum("ReportFormat", {"html": "html", "latex": "latex"})  # type: ignore[misc]
+HTML = ReportFormat("html")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(func: F) -> F:
+    """Print a UserError as one clear line and exit 2, with no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except BudgetViolation as err:  # an attack library broke its threat model: no number is reported
+            typer.secho(f"error: {err}; no result was stored for that cell", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _resumable(store: Path) -> None:
+    typer.secho(f"\ninterrupted: every finished cell is kept in {store}; run the same command to resume",
+                fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(130)
+
+
+def parse_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("--models was given but names no model")
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated non-negative integers, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+# The run options every command that runs work shares, built into one RunRequest. name ->
+# (typer annotation, default); a command leaves out what it does not take.
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "dataset": (DatasetOpt, None),
+    "suite": (SuiteOpt, None),
+    "models": (ModelsOpt, None),
+    "seeds": (SeedsOpt, "0"),
+    "backend": (BackendOpt, None),
+    "device": (DeviceOpt, AUTO),
+    "home": (HomeOpt, None),
+    "data_root": (DataRootOpt, None),
+    "download": (DownloadOpt, False),
+    "executor": (ExecutorOpt, LOCAL),
+    "address": (AddressOpt, None),
+    "workers": (WorkersOpt, None),
+}
+
+
+def _value(option: Any) -> Any:
+    return option.value if isinstance(option, enum.Enum) else option
+
+
+def run_command(*, omit: tuple[str, ...] = (), suite: str = "standard") -> Callable[[F], F]:
+    """A command whose first parameter is a `RunRequest`, built from the shared run options (all
+    but `omit`), which are added to the command's own; `suite` is the default the help names.
+    A Ctrl-C says how to resume (every finished cell is kept)."""
+
+    def decorate(func: F) -> F:
+        own = list(inspect.signature(func).parameters.values())[1:]
+        hints = typing.get_type_hints(func, include_extras=True)
+        shared = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=suite if name == "suite" else default,
+                              annotation=annotation)
+            for name, (annotation, default) in RUN_OPTIONS.items() if name not in omit
+        ]
+
+        @functools.wraps(func)
+        def wrapper(**values: Any) -> Any:
+            options = {name: _value(values.pop(name)) for name in RUN_OPTIONS if name in values}
+            if "models" in options:
+                options["models"] = parse_names(options["models"])
+            if "seeds" in options:
+                options["seeds"] = tuple(parse_seeds(options["seeds"]))
+            request = RunRequest(**options)
+            try:
+                return func(request, **values)
+            except KeyboardInterrupt:
+                from robustbench_sparse.results.harness import store_path
+
+                paths = Paths(request.home) if request.home else Paths.default()
+                _resumable(store_path(paths, request.resolved().dataset))
+
+        parameters = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default,
+                                        annotation=hints[p.name]) for p in own] + shared
+        wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__  # typer reads the signature above, not the function's own
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _print_table(frame: pd.DataFrame) -> None:
+    typer.echo(frame.to_markdown(index=False))
+
+
+@app.command()
+@_user_errors
+def zoo(home: HomeOpt = None) -> None:
+    """List the zoo's variants, their key settings, and which are trained for each dataset."""
+    from robustbench_sparse.zoo.checkpoints import checkpoint_status
+    from robustbench_sparse.zoo.spec import load_zoo
+
+    paths = Paths(home) if home else Paths.default()
+    rows = []
+    for by_dataset in load_zoo(paths.zoo_spec).values():
+        first = next(iter(by_dataset.values()))
+        trained = ", ".join(
+            f"{dataset}: {checkpoint_status(paths, spec, dataset, 0)}" for dataset, spec in by_dataset.items()
+        )
+        rows.append({**first.summary(), "checkpoints (seed 0)": trained})
+    _print_table(pd.DataFrame(rows))
+    typer.echo(f"\nspec file: {paths.zoo_spec}")
+
+
+@app.command()
+@_user_errors
+@run_command(omit=("suite", "backend"))
+def train(
+    request: RunRequest,
+    force: Annotated[bool, typer.Option(help="Retrain even when an up-to-date checkpoint exists.")] = False,
+) -> None:
+    """Train every zoo model for a dataset once and cache it under models/ (skips up-to-date ones)."""
+    from robustbench_sparse.data.datasets import default_data_root, load_dataset
+    from robustbench_sparse.execution.zoo_training import train_zoo
+    from robustbench_sparse.zoo.spec import load_zoo, select_models
+
+    request = request.resolved()
+    paths = Paths(request.home) if request.home else Paths.default()
+    models = None if request.models is None else list(request.models)
+    specs = select_models(load_zoo(paths.zoo_spec), request.dataset, models)
+    dev = resolve_device(request.device)
+    with request.open_executor() as runner:
+        outcomes = train_zoo(
+            paths, specs, request.dataset,
+            lambda: load_dataset(request.dataset, request.data_root or default_data_root(), request.download),
+            list(request.seeds), dev, force, runner,
+        )
+    rows = [
+        {
+            "model": o.model,
+            "seed": o.seed,
+            "action": o.action,
+            "val acc %": None if o.manifest.val_accuracy is None else round(100 * o.manifest.val_accuracy, 2),
+            "test acc %": round(100 * o.manifest.clean_accuracy, 2),
+            "train s": o.manifest.train_seconds,
+            "sha256": o.manifest.short_hash,
+        }
+        for o in outcomes
+    ]
+    table = pd.DataFrame(rows)
+    if table["val acc %"].isna().all():  # no validation split (mnist5k)
+        table = table.drop(columns="val acc %")
+    _print_table(table)
+    if all(o.action == "cached" for o in outcomes):
+        typer.echo("\nnothing to train: every checkpoint is up to date (use --force to retrain)")
+    typer.echo(f"\ncheckpoints: {paths.checkpoints(request.dataset)}")
+
+
+def _print_notes(notes: tuple[str, ...]) -> None:
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+@_user_errors
+@run_command()
+def evaluate(request: RunRequest) -> None:
+    """Run an evaluation suite against the trained zoo; resumes, and reuses finished cells."""
+    from robustbench_sparse.analysis.diagnostics import masking_checks
+    from robustbench_sparse.analysis.tables import summary
+    from robustbench_sparse.results import harness
+
+    the_plan = harness.plan(request)
+    _print_notes(the_plan.setup.notes)
+    with request.open_executor() as runner:
+        frame = harness.run(the_plan, executor=runner)
+    csv_path, json_path = harness.export(frame, the_plan, "records")
+    typer.echo(f"\nsuite {the_plan.setup.run_name!r} on {the_plan.info.name}, {the_plan.n} test images "
+               f"(accuracy % at each evaluation's strongest setting)\n")
+    _print_table(summary(frame, the_plan.info.num_classes))
+    checks = masking_checks(frame, the_plan.info.num_classes)
+    fired = checks[checks["status"] == "fired"]
+    if not fired.empty:
+        typer.secho("\npossible gradient masking (the attack, not the model, may be weak):",
+                    fg=typer.colors.YELLOW)
+        _print_table(fired.drop(columns="status"))
+    typer.echo(f"\nrecords: {csv_path}, {json_path}")
+
+
+@app.command()
+@_user_errors
+@run_command()
+def transfer(request: RunRequest) -> None:
+    """Craft each attack once per source model and evaluate it on every model (N x N matrices)."""
+    from robustbench_sparse.results import harness
+    from robustbench_sparse.results.transfer import run_transfer, transfer_matrix
+
+    the_plan = harness.plan(request)
+    _print_notes(the_plan.setup.notes)
+    with request.open_executor() as runner:
+        frame = run_transfer(the_plan, executor=runner)
+    csv_path, json_path = harness.export(frame, the_plan, "transfer")
+    for evaluation, strength in the_plan.suite.transfer_cells():
+        typer.echo(f"\n{evaluation.name} at eps={strength:g}: accuracy % of each target (columns) "
+                   "on examples crafted on each source (rows)\n")
+        typer.echo(transfer_matrix(frame, evaluation.name, strength).round(1).to_markdown())
+    typer.echo(f"\nrecords: {csv_path}, {json_path}")
+
+
+@app.command()
+@_user_errors
+@run_command(omit=("device", "download", "executor", "address", "workers"))
+def report(
+    request: RunRequest,
+    format: Annotated[ReportFormat, typer.Option(
+        "--format", help="html: report.md and a self-contained report.html; latex: report.tex (booktabs "
+                         "tables, compiles with pdflatex).")] = HTML,
+) -> None:
+    """Build tables, plots, the report, model cards (JSON) and reports/index.html from stored
+    results (re-runs nothing)."""
+    from robustbench_sparse.report.report import build_report
+    from robustbench_sparse.results import harness
+
+    the_plan = harness.plan(replace(request, device="cpu"))
+    _print_notes(the_plan.setup.notes)
+    result = build_report(the_plan, formats=("latex",) if format.value == "latex" else ("markdown", "html"))
+    if result.missing:
+        typer.secho(f"{result.missing} declared cells have no stored result; run `rbs evaluate` and "
+                    f"`rbs transfer` for suite {the_plan.suite.name!r} to fill them", fg=typer.colors.YELLOW)
+    written = [result.latex] if result.latex else [result.markdown, result.html]
+    cards = the_plan.paths.reports(the_plan.info.name) / "cards"
+    typer.echo(f"report: {chr(10).join(f'        {p}' for p in written).strip()}\nfigures: {len(result.figures)} "
+               f"files in {result.folder / 'figures'}\ncards: {cards}\nindex: {the_plan.paths.home / 'reports' / 'index.html'}")
+
+
+@app.command()
+@_user_errors
+@run_command()
+def benchmark(request: RunRequest) -> None:
+    """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything."""
+    from robustbench_sparse import pipeline
+    from robustbench_sparse.analysis.tables import summary
+
+    result = pipeline.benchmark(request, echo=typer.echo)
+    typer.echo("")
+    records = result.records
+    if result.moves is not None and not result.moves.empty:  # as the report's overview: transfer feeds check 4
+        records = pd.concat([records, result.moves[result.moves["source"] != result.moves["model"]]],
+                            ignore_index=True)
+    _print_table(summary(records, result.plan.info.num_classes))
+    typer.echo(f"\nreport: {result.report.markdown}\n        {result.report.html}")
+
+
+@app.command()
+@_user_errors
+@run_command(suite="quick")
+def baseline(
+    request: RunRequest,
+    out: Annotated[Path, typer.Option(help="Where to write the baseline JSON (commit it).")],
+) -> None:
+    """Write a robustness baseline (per model, evaluation and strength: accuracy, mean and std over
+    seeds; and the masking checks that fired)."""
+    from robustbench_sparse import pipeline
+
+    doc = pipeline.baseline(out, request, echo=typer.echo)
+    typer.echo(f"baseline: {len(doc['cells'])} cells, {len(doc['models'])} models, seeds {doc['seeds']} -> {out}")
+
+
+@app.command()
+@_user_errors
+@run_command(omit=("models", "seeds"), suite=None)
+def check(
+    request: RunRequest,
+    baseline: Annotated[Path, typer.Option(help="Baseline JSON written by `rbs baseline`.")],
+    tolerance: Annotated[float, typer.Option(help="Allowed change in accuracy points.")] = 1.0,
+    sigma: Annotated[float | None, typer.Option(
+        help="Allowed change in baseline standard deviations (needs a multi-seed baseline); "
+             "with --tolerance, the larger of the two.")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Do not fail on cells missing on either side.")] = False,
+    allow_rise: Annotated[bool, typer.Option(
+        help="Do not fail when an attack's accuracy rose beyond the allowed change (listed as suspicious: "
+             "a weaker attack or masked gradients look like robustness).")] = False,
+) -> None:
+    """Re-run (or reuse) the baseline's evaluations on its models and seeds; exit 1 on a drop beyond
+    tolerance, a masking check that newly fires, or a suspicious rise under attack. --dataset,
+    --suite and --backend, if given, must match the baseline's."""
+    from robustbench_sparse import pipeline
+
+    doc, result = pipeline.check(baseline, tolerance, sigma, request, echo=typer.echo)
+    typer.echo(f"\ncompared {result.compared} cells with {baseline} ({doc['dataset']}, suite {doc['suite']}, "
+               f"models {', '.join(doc['models'])}, seeds {doc['seeds']})")
+    if not result.improvements.empty:
+        typer.echo("\nimproved under noise (passes):")
+        _print_table(result.improvements)
+    if result.missing:
+        typer.secho(f"\nmissing cells{' (allowed)' if allow_missing else ''}:", fg=typer.colors.YELLOW)
+        typer.echo("\n".join(f"  {m}" for m in result.missing))
+    if not result.rises.empty:
+        typer.secho(f"\nSUSPICIOUS: accuracy under attack rose beyond the allowed change"
+                    f"{' (allowed by --allow-rise)' if allow_rise else ''}; a weaker attack or masked gradients "
+                    "look like robustness", fg=typer.colors.YELLOW if allow_rise else typer.colors.RED)
+        _print_table(result.rises)
+    if not result.new_flags.empty:
+        typer.secho("\nNEW MASKING FLAGS: checks that fire now and did not in the baseline", fg=typer.colors.RED)
+        _print_table(result.new_flags)
+    if not result.regressions.empty:
+        typer.secho("\nREGRESSIONS: accuracy fell beyond the allowed drop", fg=typer.colors.RED)
+        _print_table(result.regressions)
+    if not result.passed(allow_missing, allow_rise):
+        raise typer.Exit(1)
+    typer.secho("\nrobustness check passed", fg=typer.colors.GREEN)
+
+
+@app.command()
+@_user_errors
+def evaluations() -> None:
+    """List the evaluation kinds a suite can use, with their parameters and valid ranges."""
+    from robustbench_sparse.evaluation.kinds import KINDS
+
+    rows = [
+        {
+            "kind": k.name,
+            "what": k.description,
+            "swept": k.strength or "-",
+            "parameters (default; valid)": "; ".join(f"{n}={p.default!r} ({p.valid})" for n, p in k.params.items()),
+        }
+        for k in KINDS.values()
+    ]
+    _print_table(pd.DataFrame(rows))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m robustbench_sparse.cli`
+    main()

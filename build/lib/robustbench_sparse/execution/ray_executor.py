@@ -1,0 +1,309 @@
+"""The Ray executor: jobs and training on a Ray cluster (a laptop, a multi-GPU box, many machines).
+
+Each job becomes a small task graph: one *craft* task (source model, evaluation, strength -> the
+perturbed set) whose result stays in Ray's object store, and one *score* task per target (target
+model, that set -> per-image correctness), so a transfer set is crafted once and scored on every
+target without a shared filesystem. Checkpoints travel as their bytes through the object store;
+the driver is the single writer of the result store and the adversarial-set cache. `train`
+sends each (model, seed) to a task and returns the weights to the driver, which writes the
+checkpoint.
+
+Every task asks for `threads` CPUs (and `gpus` of a GPU when the device is CUDA) and sets torch's
+thread count to `threads`, so N tasks on N cores do not fight. Seeds are per cell and per image,
+so the records are bit for bit those of the local executor run with the same number of threads
+per task. A task whose worker dies is retried by Ray (`max_retries`); a driver that dies loses only
+unfinished cells (the same command resumes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_sparse.data.datasets import Dataset, DatasetInfo
+from robustbench_sparse.evaluation.cells import Cell, Job, environment_id
+from robustbench_sparse.evaluation.kinds import ACCURACY, kind_of
+from robustbench_sparse.evaluation.suites import Evaluation
+from robustbench_sparse.execution.executor import (
+    ENSEMBLE,
+    Ensemble,
+    Outcome,
+    TrainTask,
+    Workspace,
+    correct_flags,
+    perturbed_set,
+    score,
+)
+from robustbench_sparse.runtime import UserError, eval_mode, torch_threads
+from robustbench_sparse.zoo.checkpoints import model_from_bytes
+from robustbench_sparse.zoo.spec import ModelSpec, build_model
+
+Recipe = tuple[ModelSpec, bytes]  # a model as it travels: its spec and its checkpoint's bytes
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        raise UserError("--executor ray needs the `ray` package (pip install 'ray==2.60.0')") from None
+    return ray
+
+
+def _same_environment(expected: str) -> None:
+    """A worker must compute with the driver's libraries and code, or its numbers would be stored
+    under keys that do not describe them."""
+    from robustbench_sparse.evaluation.cells import environment, environment_id
+
+    if environment_id() != expected:
+        raise RuntimeError(f"this Ray worker runs other versions or code than the driver ({environment()}); "
+                           "install the same robustbench-sparse, torch, torchattacks and foolbox on every node")
+
+
+def _model(info: DatasetInfo, ensemble: bool, recipes: tuple[Recipe, ...], device: str) -> nn.Module:
+    models = [model_from_bytes(spec, info, data, device) for spec, data in recipes]
+    return Ensemble(models).eval() if ensemble else models[0]
+
+
+# --- the tasks (plain functions; RayExecutor wraps them with ray.remote) ------------------------
+
+def craft_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor,
+               y: torch.Tensor, device: str, eval_seed: int, batch_size: int, threads: int, start: int, stop: int,
+               previous: torch.Tensor | None, ensemble: bool, *source: Recipe) -> tuple[torch.Tensor, float]:
+    """Images start..stop of the perturbed set (a whole number of batches); `previous`: the same
+    images of the set a pruned sweep starts from (Ray hands over the chunk once it is crafted)."""
+    _same_environment(env)
+    started = time.perf_counter()
+    with torch_threads(threads):
+        model = _model(info, ensemble, source, device)
+        with eval_mode(model):
+            inputs = perturbed_set(model, evaluation, strength, x[start:stop], y[start:stop], info,
+                                   torch.device(device), eval_seed, batch_size, offset=start, previous=previous)
+    return inputs, time.perf_counter() - started
+
+
+def score_task(env: str, info: DatasetInfo, y: torch.Tensor, device: str, batch_size: int, threads: int,
+               target: Recipe, *chunks: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The target's per-image correctness on the set (given as its chunks, in order)."""
+    _same_environment(env)
+    started = time.perf_counter()
+    inputs = torch.cat(chunks)
+    with torch_threads(threads):
+        model = _model(info, False, (target,), device)
+        with eval_mode(model):
+            flags = score(model, inputs, y, torch.device(device), batch_size)
+    return flags, time.perf_counter() - started
+
+
+def measure_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor,
+                 y: torch.Tensor, device: str, eval_seed: int, batch_size: int, threads: int,
+                 target: Recipe) -> tuple[torch.Tensor, float]:
+    _same_environment(env)
+    started = time.perf_counter()
+    with torch_threads(threads):
+        model = _model(info, False, (target,), device)
+        with eval_mode(model):
+            flags = correct_flags(model, evaluation, strength, x, y, info, torch.device(device), eval_seed,
+                                  batch_size)
+    return flags, time.perf_counter() - started
+
+
+def train_task(env: str, spec: ModelSpec, data: Dataset, seed: int, device: str,
+               threads: int) -> tuple[dict[str, Any], float]:
+    from robustbench_sparse.training.train import train_model
+
+    _same_environment(env)
+    started = time.perf_counter()
+    with torch_threads(threads):
+        model = train_model(spec, data, seed, torch.device(device))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, time.perf_counter() - started
+
+
+@dataclass
+class _Running:
+    """A job whose tasks are in flight."""
+
+    job: Job
+    flags: list[torch.Tensor | None]
+    seconds: list[float]
+    pending: int = 0
+    craft_seconds: float = 0.0
+    chunks: list[Any] = field(default_factory=list)  # object refs of the set's parts, in order
+
+
+class RayExecutor:
+    """Jobs and training as Ray tasks. With `address`, joins a running cluster (`ray start --head`);
+    otherwise starts a private Ray on this machine with `workers` CPUs (default: all) for the run
+    and shuts it down afterwards."""
+
+    def __init__(self, address: str | None = None, workers: int | None = None, threads: int | None = None,
+                 gpus: float | None = None, max_retries: int = 3) -> None:
+        ray = _import_ray()
+        self.ray = ray
+        if workers is not None and workers < 1:
+            raise UserError(f"--workers must be >= 1, got {workers}")
+        if address and workers:
+            raise UserError("--workers sizes a local Ray; a cluster's size is set where it was started "
+                            "(`ray start --num-cpus N`); give one of --address and --workers")
+        self.threads = 1 if threads is None else threads
+        if self.threads < 1:
+            raise UserError(f"threads must be >= 1, got {threads}")
+        self.gpus = gpus
+        self.max_retries = max_retries
+        self._started = False
+        if not ray.is_initialized():
+            try:
+                if address:
+                    # A cluster on loopback (one machine) needs the driver on loopback too; elsewhere
+                    # Ray finds the address the cluster can reach this machine at.
+                    local = address.split(":")[0] in ("127.0.0.1", "localhost")
+                    ray.init(address=address, log_to_driver=False, configure_logging=False,
+                             **({"_node_ip_address": "127.0.0.1"} if local else {}))
+                else:
+                    ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                             configure_logging=False, _node_ip_address="127.0.0.1")
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {err}") from None
+            self._started = True
+        cpus = ray.cluster_resources().get("CPU", 1)
+        self.slots = max(1, int(cpus // self.threads))
+        self._tasks = {f.__name__: ray.remote(f) for f in (craft_task, score_task, measure_task, train_task)}
+
+    def _options(self, device: torch.device) -> dict[str, Any]:
+        gpus = (self.gpus if self.gpus is not None else 0.5) if device.type == "cuda" else 0
+        return {"num_cpus": self.threads, "num_gpus": gpus, "max_retries": self.max_retries}
+
+    def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]:
+        ray, opts, device = self.ray, self._options(ws.device), str(ws.device)
+        craft = self._tasks["craft_task"].options(num_returns=2, **opts)
+        score_, measure = (self._tasks[n].options(**opts) for n in ("score_task", "measure_task"))
+        x_ref, y_ref = ray.put(ws.x), ray.put(ws.y)
+        env = environment_id()
+        recipes: dict[tuple[str, int], Any] = {}
+
+        def recipe(name: str, seed: int) -> Any:
+            if (name, seed) not in recipes:
+                recipes[(name, seed)] = ray.put(ws.checkpoint(name, seed))
+            return recipes[(name, seed)]
+
+        waiting: dict[Any, tuple[_Running | None, str, int]] = {}
+        # set key -> its chunks' refs, for sets crafted in this run and not yet in the cache: a
+        # pruned sweep's next set is submitted at once, its chunks waiting on these (Ray resolves them).
+        sets: dict[str, list[Any]] = {}
+        crafting: dict[str, int] = {}  # set key -> craft tasks not yet finished
+        dependency: dict[Any, str] = {}  # seconds ref of a craft task -> the set key it crafts
+
+        def chunks_of(cell: Cell, sources: list[Any]) -> tuple[list[Any], list[Any]]:
+            """The set's chunk refs (from this run, the cache, or new craft tasks) and the seconds
+            refs of the craft tasks submitted for it now."""
+            key = cell.set_key
+            if key in sets:  # crafted as a pruned sweep's step: its unclaimed craft tasks are this job's
+                return sets[key], [t for t, k in dependency.items() if k == key and waiting.get(t, (1,))[0] is None]
+            cached = ws.cache.load(key)
+            if cached is not None:
+                return [ray.put(cached[s : s + cell.batch_size]) for s in range(0, len(cached), cell.batch_size)], []
+            starts = range(0, len(ws.x), cell.batch_size)
+            previous = chunks_of(cell.previous, sources)[0] if cell.previous is not None else [None] * len(starts)
+            chunks, timers = [], []
+            for start, before in zip(starts, previous, strict=True):
+                # One craft task per batch: the set is crafted in parallel, bit for bit as a whole.
+                chunk, seconds = craft.remote(env, ws.info, cell.evaluation, cell.strength, x_ref, y_ref, device,
+                                              cell.eval_seed, cell.batch_size, self.threads, start,
+                                              start + cell.batch_size, before, cell.crafted_on[0] == ENSEMBLE,
+                                              *sources)
+                chunks.append(chunk)
+                timers.append(seconds)
+                dependency[seconds] = key
+            sets[key], crafting[key] = chunks, len(chunks)
+            for seconds in timers:
+                waiting[seconds] = (None, "craft", 0)  # the job whose set it is claims it in `submit`
+            return chunks, timers
+
+        def submit(job: Job) -> None:
+            first = job.cells[0]
+            evaluation, strength = first.evaluation, first.strength
+            run = _Running(job, [None] * len(job.cells), [0.0] * len(job.cells))
+            common = (evaluation, strength, x_ref, y_ref, device, first.eval_seed, first.batch_size, self.threads)
+            if kind_of(evaluation.kind).metric != ACCURACY:  # one cell: a measurement of its model
+                waiting[measure.remote(env, ws.info, *common, recipe(first.model, first.seed))] = (run, "score", 0)
+                run.pending = 1
+                return
+            source = first.crafted_on[0]
+            members = ws.ensemble if source == ENSEMBLE else (source,)
+            sources = [recipe(m, first.seed) for m in members]
+            if job.crafts:
+                run.chunks, timers = chunks_of(first, sources)
+            else:  # noise, or eps = 0: drawn afresh, never cached
+                run.chunks, timers = [], []
+                for start in range(0, len(ws.x), first.batch_size):
+                    chunk, seconds = craft.remote(env, ws.info, *common, start, start + first.batch_size, None,
+                                                  source == ENSEMBLE, *sources)
+                    run.chunks.append(chunk)
+                    timers.append(seconds)
+            for seconds in timers:
+                waiting[seconds] = (run, "craft", 0)
+                run.pending += 1
+            for i, cell in enumerate(job.cells):
+                ref = score_.remote(env, ws.info, y_ref, device, cell.batch_size, self.threads,
+                                    recipe(cell.model, cell.seed), *run.chunks)
+                waiting[ref] = (run, "score", i)
+                run.pending += 1
+
+        pending_jobs = iter(jobs)
+        running, exhausted = 0, False
+        while True:
+            while not exhausted and running < 2 * self.slots:  # keep every worker busy, lease little ahead
+                job = next(pending_jobs, None)
+                if job is None:
+                    exhausted = True
+                else:
+                    submit(job)
+                    running += 1
+            if not waiting:
+                return
+            (ref,), _ = ray.wait(list(waiting), num_returns=1)
+            run, role, i = waiting.pop(ref)
+            value = ray.get(ref)  # a task that failed after its retries raises here
+            key = dependency.pop(ref, None)
+            if key is not None:
+                crafting[key] -= 1
+                if crafting[key] == 0:  # the driver is the only writer of the cache
+                    ws.cache.save(key, torch.cat(ray.get(sets[key])))
+                    del crafting[key], sets[key]  # later users read it from the cache
+            if run is None:
+                continue
+            run.pending -= 1
+            if role == "craft":
+                run.craft_seconds += value
+            else:
+                run.flags[i], run.seconds[i] = value
+            if run.pending == 0:
+                running -= 1
+                seconds = tuple(s + (run.craft_seconds if c.crafted_on[0] == c.model else 0.0)
+                                for s, c in zip(run.seconds, run.job.cells, strict=True))
+                yield Outcome(run.job, tuple(run.flags), seconds)  # type: ignore[arg-type]
+
+    def train(self, tasks: list[TrainTask], data: Dataset, device: torch.device) -> Iterator[
+            tuple[ModelSpec, int, nn.Module, float]]:
+        ray = self.ray
+        task = self._tasks["train_task"].options(**self._options(device))
+        data_ref = ray.put(data)
+        env = environment_id()
+        refs = {task.remote(env, spec, data_ref, seed, str(device), self.threads): (spec, seed) for spec, seed in tasks}
+        while refs:
+            (ref,), _ = ray.wait(list(refs), num_returns=1)
+            spec, seed = refs.pop(ref)
+            state, seconds = ray.get(ref)
+            model = build_model(spec, data.info)
+            model.load_state_dict(state)
+            yield spec, seed, model.to(device), seconds
+
+    def close(self) -> None:
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False

@@ -1,0 +1,61 @@
+"""Executors by name, and the one way to make and close one.
+
+An executor runs jobs (`map`) and training tasks (`train`) and is closed when the run ends. The
+registry maps a name to "module:Class", imported only when used, so listing the names (the CLI's
+choices) costs nothing and an engine's package (Ray) is needed only for its executor. Adding an
+executor is one new module in this subpackage plus one `register_executor` call here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+from robustbench_sparse.runtime import UserError
+
+EXECUTORS: dict[str, str] = {}
+
+
+def register_executor(name: str, target: str) -> None:
+    """Register the executor class at `target` ("package.module:Class") under `name`."""
+    if name in EXECUTORS:
+        raise ValueError(f"executor {name!r} is already registered ({EXECUTORS[name]})")
+    EXECUTORS[name] = target
+
+
+register_executor("local", "robustbench_sparse.execution.executor:LocalExecutor")
+register_executor("ray", "robustbench_sparse.execution.ray_executor:RayExecutor")
+
+
+def no_options(name: str, unused: dict[str, Any]) -> None:
+    """Refuse options an executor does not take (given as something other than None)."""
+    given = [k for k, v in unused.items() if v is not None]
+    if given:
+        raise UserError(f"the {name} executor takes no {', '.join('--' + k for k in given)}: "
+                        "--address and --workers are for --executor ray")
+
+
+def make_executor(name: str, **options: Any) -> Any:
+    """An executor by name; options (e.g. address, workers, threads) go to its constructor."""
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}")
+    module, _, cls = EXECUTORS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(**options)
+
+
+@contextlib.contextmanager
+def open_executor(executor: Any = "local", **options: Any) -> Iterator[Any]:
+    """The executor for a block: one given as an object stays the caller's (not closed here); one
+    named is made with `options` (None values dropped) and closed when the block ends."""
+    if not isinstance(executor, str):
+        if any(v is not None for v in options.values()):
+            raise UserError("executor options (address, workers) go with an executor name, not an executor object")
+        yield executor
+        return
+    made = make_executor(executor, **{k: v for k, v in options.items() if v is not None})
+    try:
+        yield made
+    finally:
+        made.close()

@@ -1,0 +1,204 @@
+"""Where finished work lives: results, one record per cell (crafted sets: `execution.cache`).
+
+Results go to an SQLite database in WAL mode (`reports/<dataset>/results.sqlite`), safe for several
+processes on one machine. Each record is written in its own transaction, so `kill -9` at any point
+loses at most the cells being computed, never a finished one, and never leaves half a record.
+
+While a job runs, its key is *leased* to the process running it: other processes skip it and
+come back to it later. A lease expires unless its holder renews it (a background thread does,
+every `lease_seconds / 4`), and a lease held by a process that no longer exists on this machine
+is taken over at once, so a killed worker's job is picked up again. A record is inserted only if
+its key is new: a cell is never stored twice.
+
+SQLite's WAL mode needs a local filesystem; processes on several machines share work through an
+executor (Ray) rather than a network folder. A readable copy of the records (`results.jsonl`,
+one JSON object per line) is written beside the database after each run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robustbench_sparse.evaluation.cells import COLUMNS
+from robustbench_sparse.runtime import atomic_write_text
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+_CHUNK = 500  # keys per SELECT (SQLite's limit on host parameters is 32766)
+
+
+def _host_identity() -> str:
+    """This machine and PID namespace: a lease's PID means something only within them (two
+    containers can share a hostname and a folder)."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with contextlib.suppress(OSError):
+            parts.append(Path(path).read_text().strip() if "boot_id" in path else os.readlink(path))
+    return "|".join(parts)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ResultStore:
+    """Finished cells, keyed by cell key; leases on jobs being computed."""
+
+    def __init__(self, path: Path, lease_seconds: float = 60.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lease_seconds = lease_seconds
+        self.host = _host_identity()
+        self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a committed record survives a power cut
+            yield db
+        finally:
+            db.close()
+
+    # --- results ---------------------------------------------------------------------------
+
+    def __contains__(self, key: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM results WHERE key = ?", (key,)).fetchone() is not None
+
+    def present(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        found: set[str] = set()
+        with self._connect() as db:
+            for i in range(0, len(keys), _CHUNK):
+                part = keys[i : i + _CHUNK]
+                rows = db.execute(f"SELECT key FROM results WHERE key IN ({','.join('?' * len(part))})", part)
+                found.update(r[0] for r in rows)
+        return found
+
+    def add(self, records: Iterable[dict[str, Any]]) -> int:
+        """Insert records whose key is new, in one transaction; returns how many were new."""
+        rows = [(r["key"], json.dumps(r)) for r in records]
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO results (key, record) VALUES (?, ?)", rows)
+            added = db.total_changes - before
+            db.execute("COMMIT")
+        return added
+
+    def records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, dict[str, Any]] = {}
+        with self._connect() as db:
+            for i in range(0, len(keys), _CHUNK):
+                part = keys[i : i + _CHUNK]
+                rows = db.execute(f"SELECT key, record FROM results WHERE key IN ({','.join('?' * len(part))})", part)
+                out.update((k, json.loads(r)) for k, r in rows)
+        return out
+
+    def frame(self, keys: Iterable[str]) -> pd.DataFrame:
+        """The stored records of `keys`, in that order (keys without a record are left out)."""
+        keys = list(keys)
+        found = self.records(keys)
+        return pd.DataFrame([found[k] for k in keys if k in found], columns=COLUMNS)
+
+    def count(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    def export_jsonl(self, path: Path | None = None) -> Path:
+        """A readable copy of every record, one JSON object per line, ordered by key."""
+        path = path or self.path.with_suffix(".jsonl")
+        with self._connect() as db:
+            lines = [r for (r,) in db.execute("SELECT record FROM results ORDER BY key")]
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        return path
+
+    # --- leases ----------------------------------------------------------------------------
+
+    def claim(self, key: str) -> bool:
+        """Lease `key` to this process unless another live process holds it."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT owner, host, pid, expires FROM leases WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] != self.owner:
+                owner, host, pid, expires = row
+                alive = expires > now and not (host == self.host and not _pid_alive(pid))
+                if alive:
+                    db.execute("COMMIT")
+                    return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases (key, owner, host, pid, expires) VALUES (?, ?, ?, ?, ?)",
+                (key, self.owner, self.host, os.getpid(), now + self.lease_seconds),
+            )
+            db.execute("COMMIT")
+        with self._lock:
+            self._held.add(key)
+        self._start_heartbeat()
+        return True
+
+    def release(self, key: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM leases WHERE key = ? AND owner = ?", (key, self.owner))
+        with self._lock:
+            self._held.discard(key)
+
+    def release_all(self) -> None:
+        with self._lock:
+            held, self._held = list(self._held), set()
+        with self._connect() as db:
+            db.executemany("DELETE FROM leases WHERE key = ? AND owner = ?", [(k, self.owner) for k in held])
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=self._renew, name="rbs-lease-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 4):
+            with self._lock:
+                held = list(self._held)
+            if not held:
+                continue
+            expires = time.time() + self.lease_seconds
+            with contextlib.suppress(sqlite3.Error), self._connect() as db:
+                db.executemany("UPDATE leases SET expires = ? WHERE key = ? AND owner = ?",
+                               [(expires, k, self.owner) for k in held])
+
+    def close(self) -> None:
+        self._stop.set()
+        self.release_all()

@@ -1,0 +1,221 @@
+"""The report's sections, each a function of the run's data, registered below in page order."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+from robustbench_sparse.analysis.diagnostics import CHECK_NEEDS
+from robustbench_sparse.analysis.tables import summary
+from robustbench_sparse.evaluation.cells import environment
+from robustbench_sparse.evaluation.kinds import kind_of
+from robustbench_sparse.evaluation.suites import Suite
+from robustbench_sparse.execution.executor import ENSEMBLE
+from robustbench_sparse.perturb.attacks import early_stops
+from robustbench_sparse.report import figures
+from robustbench_sparse.report.data import RunData
+from robustbench_sparse.report.registry import Section, Table, register_section, slug
+from robustbench_sparse.report.tables import (
+    marked,
+    p_text,
+    per_strength,
+    rank_table,
+    sweep_means,
+    transfer_table,
+    worst_case,
+)
+from robustbench_sparse.report.verdict import verdict_section
+from robustbench_sparse.runtime import library_versions
+from robustbench_sparse.zoo.checkpoints import EXTERNAL
+
+SEEDS_NOTE = "; with several training seeds: mean ± std over seeds"
+MARK_NOTE = " A * marks a number significantly different from {ref}'s (Holm-corrected, α = 0.05; see the last table)."
+
+
+def _one_table(id: str, title: str, text: str, frame: pd.DataFrame, data: pd.DataFrame | None = None) -> Section:
+    tables = (Table(frame, slug(title), data),) if not frame.empty else ()
+    return Section(id, title, (text,), tables)
+
+
+def _marks(data: RunData) -> str:
+    return MARK_NOTE.format(ref=data.reference) if not data.tests.empty else ""
+
+
+def key_plot(data: RunData) -> Section | None:
+    made = figures.plot_sweeps(data.white, figures.palette(data.models), data.figures_dir)
+    return Section("accuracy-plot", "Accuracy under each perturbation", figures=tuple(made)) if made else None
+
+
+def overview(data: RunData) -> Section:
+    return _one_table("overview", "Overview", "Clean accuracy, each evaluation at its strongest setting, the paper's "
+                      "pixel-noise score, and the status of the gradient-masking checks "
+                      f"(accuracy %{SEEDS_NOTE}).", summary(data.everything, data.plan.info.num_classes))
+
+
+def ranking(data: RunData) -> Section | None:
+    table, changes = rank_table(data.everything)
+    if table.empty:
+        return None
+    text = ("Per model and ε: plain PGD accuracy beside the per-sample worst case over every attack run "
+            "(white-box, BPDA, black-box and transfer), with the regularisers ranked by each (1 = most robust). ")
+    text += ("Rankings that change: " + "; ".join(changes) + "." if changes
+             else "No model's rank changes between plain PGD and the worst case.")
+    return _one_table("ranking", "Most effective attack: ranking", text, table)
+
+
+def noise_score(data: RunData) -> Section | None:
+    scores, ref = data.scores, data.reference
+    if scores.empty:
+        return None
+    shown = scores.drop(columns=["reference"]).assign(
+        **{"noise score": scores["noise score"].round(0), "difference": scores["difference"].round(0),
+           "p": scores["p"].map(p_text), "p (Holm)": scores["p (Holm)"].map(p_text)})
+    return _one_table("noise-score", f"Noise score against {ref}", "The paper's noise score (total correct over every "
+                      "pixel-noise level; mean over training seeds) of each model minus "
+                      f"{ref}'s, counted over the levels both have (`levels`), one test per model (Welch's t over the "
+                      "seeds' scores; with one seed, Wilcoxon's signed-rank test over the same images of how many "
+                      "levels each survives), Holm-corrected over the models of this table.", shown, scores)
+
+
+def sweep(data: RunData) -> Section | None:
+    table = sweep_means(data.white).reset_index()
+    if len(table.columns) <= 1:  # a suite without attacks has no eps sweep
+        return None
+    return _one_table("sweep-means", "Mean robust accuracy over the ε sweep", "Mean accuracy (%) over each attack's "
+                      "ε > 0.", table)
+
+
+def corruptions(data: RunData) -> Section | None:
+    if data.corrupted.empty:
+        return None
+    ref = data.reference
+    return _one_table("corruptions", "Common corruptions (MNIST-C)", "Accuracy (%) under each of MNIST-C's "
+                      "corruptions (mean over the severities run), the mean corruption error, and the corruption "
+                      f"error relative to {ref} (ImageNet-C's mCE: per corruption the model's summed error over "
+                      f"severities / {ref}'s, averaged; below 100 = more robust than {ref}). With several training "
+                      "seeds: mean ± std over seeds.", data.corrupted)
+
+
+def worst(data: RunData) -> Section | None:
+    table = worst_case(data.everything).reset_index()
+    if len(table.columns) <= 1:  # a suite without attacks has no worst case
+        return None
+    return _one_table("worst-case", "Worst case over attacks", "Per model and ε, the share of test images that "
+                      "survive every attack run against that model (white-box and transfer), judged per image."
+                      + _marks(data), marked(table, data.tests, "worst"), table)
+
+
+def strengths(data: RunData) -> Section:
+    table = per_strength(data.white).reset_index()
+    return _one_table("per-strength", "Accuracy per evaluation and strength", f"Accuracy (%{SEEDS_NOTE})."
+                      + _marks(data), marked(table, data.tests, "per strength"), table)
+
+
+def masking(data: RunData) -> Section:
+    checks, title = data.checks, "Gradient-masking checks"
+    if not checks.empty and (checks["status"] == "not run").all():  # e.g. a noise-only suite
+        return Section("masking-checks", title, (
+            f"This suite runs nothing the {len(CHECK_NEEDS)} gradient-masking checks read (no attack, no "
+            "gradient, determinism or logits measurement): none could run, which says nothing either way. "
+            "Run the `masking` suite (`rbs benchmark --suite masking`) for all of them.",))
+    fired = int((checks["status"] == "fired").sum())
+    not_run = int((checks["status"] == "not run").sum())
+    text = (f"Each of the {len(CHECK_NEEDS)} checks per model: **fired** (a sign that an attack, not the model, may "
+            "be weak for these numbers; with the evidence), **passed** (the suite ran what the check needs and it "
+            "did not fire), or **not run** (the suite lacks what the check needs; named). "
+            f"Here: {fired} fired, {not_run} not run.")
+    if not_run:
+        text += (" A check that did not run says nothing either way: run the `masking` suite "
+                 f"(`rbs benchmark --suite masking`) for all {len(CHECK_NEEDS)}.")
+    return _one_table("masking-checks", title, text, checks)
+
+
+def transfer(data: RunData) -> Section | None:
+    moves = data.moves
+    if moves.empty:
+        return None
+    tables = []
+    for evaluation in dict.fromkeys(moves["evaluation"]):
+        for eps in sorted(moves.loc[moves["evaluation"] == evaluation, "strength"].unique()):
+            matrix = transfer_table(moves, evaluation, eps)
+            matrix.index.name = "source \\\\ target"
+            title = f"Transfer: {evaluation}, ε = {eps:g}"
+            tables.append(Table(matrix.reset_index(), slug(title), title=title))
+    return Section("transfer", "Transfer", (
+        "Accuracy (%) of each target (columns) on examples crafted on each source (rows) by the full attack (no "
+        "pruning, no early stopping: examples that only just fool their source would transfer worse); the diagonal "
+        f"is that attack's white-box result; `{ENSEMBLE}` attacks the mean logits of "
+        f"{', '.join(data.plan.suite.transfer.ensemble) or 'no models'}.",), tuple(tables))
+
+
+def differences(data: RunData) -> Section | None:
+    tests, ref = data.tests, data.reference
+    if tests.empty:
+        return None
+    shown = tests.drop(columns=["reference", "param", "kind"]).assign(
+        difference=tests["difference"].round(2), p=tests["p"].map(p_text), **{"p (Holm)": tests["p (Holm)"].map(p_text)})
+    return _one_table("differences", f"Differences from {ref}", "Every comparison behind the * marks and the "
+                      f"verdict: accuracy of each model minus {ref}'s (points), the test, its p-value and the "
+                      "Holm-corrected p over this table.", shown, tests)
+
+
+def more_plots(data: RunData) -> Section | None:
+    made = []
+    if not data.corrupted.empty:
+        made += figures.plot_corruptions(data.plan.test_set()[0][:1], data.plan.suite.seed, data.figures_dir)
+    if not data.moves.empty:
+        made += figures.plot_transfer(data.moves, data.figures_dir)
+    return Section("more-plots", "More plots", figures=tuple(made)) if made else None
+
+
+def attack_mode(suite: Suite) -> str:
+    """Which attacks' numbers come from pruned sweeps and early stopping, in words."""
+    attacks = [e for e in suite.evaluations if kind_of(e.kind).adversarial]
+    if not attacks:
+        return "no attacks"
+    pruned = [e.name for e in attacks if e.pruned and len([s for s in e.strengths if s > 0]) > 1]
+    plain = [e.name for e in attacks if not e.pruned and len([s for s in e.strengths if s > 0]) > 1]
+    early = [e.name for e in attacks if early_stops(e.kind, dict(e.params))]
+    parts = []
+    if pruned:
+        parts.append(f"pruned eps sweeps ({', '.join(pruned)}): accuracy at eps counts the images that no attack "
+                     "of that evaluation at any eps' <= eps fooled")
+    if plain:
+        parts.append(f"unpruned sweeps ({', '.join(plain)}): every eps attacks every image")
+    if early:
+        parts.append(f"per-image early stopping ({', '.join(early)}): an image keeps its first adversarial iterate")
+    return "; ".join(parts) or "every attack runs in full"
+
+
+def provenance(data: RunData) -> Section:
+    plan = data.plan
+    hashes = ", ".join(f"{m} (seed {s}): `{h[:12]}`" for (m, s), h in plan.checkpoints.items())
+    brought = [s for s in plan.specs if s.family == EXTERNAL]
+    facts = (
+        ("dataset", f"{plan.info.name} ({plan.info.description})"),
+        ("split", plan.data.split),
+        ("test images", str(plan.n)),
+        ("test-set fingerprint (SHA-256)", f"`{plan.fingerprint[:16]}`"),
+        ("suite", f"{plan.suite.name}: {plan.suite.description}"),
+        ("attack backend", plan.setup.backend or "as the suite says"),
+        ("attack mode", attack_mode(plan.suite)),
+        ("training seeds", ", ".join(map(str, plan.seeds))),
+        ("evaluation seed", str(plan.suite.seed)),
+        ("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in library_versions().items())),
+        ("perturbation code (SHA-256)", f"`{environment()['code']}`"),
+        ("checkpoints (SHA-256)", hashes),
+        *([("models brought as objects", "; ".join(f"{s.name}: {s.description}" for s in brought))] if brought else []),
+        *([("notes", "; ".join(plan.setup.notes))] if plan.setup.notes else []),
+    )
+    return Section("provenance", "Provenance", facts=facts)
+
+
+# The page, top to bottom. A section of one's own: register_section(name, fn) puts it before provenance.
+for _name, _fn in (("verdict", verdict_section), ("accuracy-plot", key_plot), ("overview", overview),
+                   ("ranking", ranking), ("noise-score", noise_score), ("sweep-means", sweep),
+                   ("corruptions", corruptions), ("worst-case", worst), ("per-strength", strengths),
+                   ("masking-checks", masking), ("transfer", transfer), ("differences", differences),
+                   ("more-plots", more_plots), ("provenance", provenance)):
+    register_section(_name, _fn, before=None)
