@@ -305,7 +305,7 @@ def report(
 ) -> None:
     """Build tables, plots, the report, model cards (JSON) and reports/index.html from stored
     results (re-runs nothing)."""
-    from robustbench_sparse.report.report import build_report
+    from robustbench_sparse.report import build_report
     from robustbench_sparse.results import harness
 
     the_plan = harness.plan(replace(request, device="cpu"))

@@ -29,7 +29,7 @@ from robustbench_sparse.evaluation.kinds import (
 )
 from robustbench_sparse.execution.executor import ENSEMBLE
 from robustbench_sparse.pipeline import BenchmarkResult, Echo, _quiet, train_missing, transfer_step
-from robustbench_sparse.report.report import build_report
+from robustbench_sparse.report import build_report
 from robustbench_sparse.results import harness
 from robustbench_sparse.results.request import RunRequest
 from robustbench_sparse.runtime import UserError

@@ -26,7 +26,7 @@ from robustbench_sparse.evaluation.cells import test_fingerprint
 from robustbench_sparse.execution.executor import Executor
 from robustbench_sparse.execution.registry import open_executor
 from robustbench_sparse.execution.zoo_training import TrainOutcome, train_zoo
-from robustbench_sparse.report.report import Report, build_report
+from robustbench_sparse.report import Report, build_report
 from robustbench_sparse.results import harness
 from robustbench_sparse.results.request import RunRequest
 from robustbench_sparse.results.transfer import run_transfer

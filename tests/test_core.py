@@ -302,6 +302,7 @@ def _reference(shared, tmp_path):
     return plan, frame.set_index("key")[["correct", "flags"]]
 
 
+@pytest.mark.slow  # several processes
 def test_two_processes_on_one_home_share_the_cells_and_store_each_once(shared, tmp_path):
     procs = [_cli(shared.home, "evaluate", "--suite", "busy") for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -313,6 +314,7 @@ def test_two_processes_on_one_home_share_the_cells_and_store_each_once(shared, t
     pd.testing.assert_frame_equal(frame, reference.loc[frame.index])
 
 
+@pytest.mark.slow  # several processes
 def test_kill_9_then_the_same_command_gives_the_uninterrupted_records(shared, tmp_path):
     store = harness.open_store(shared, "mnist5k")
     proc = _cli(shared.home, "evaluate", "--suite", "busy")

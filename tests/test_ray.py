@@ -16,11 +16,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from robustbench_sparse.results import harness  # noqa: E402
 from robustbench_sparse.cli import app  # noqa: E402
 from robustbench_sparse.execution.cache import ArtifactStore
 from robustbench_sparse.execution.executor import LocalExecutor  # noqa: E402
 from robustbench_sparse.execution.zoo_training import train_zoo  # noqa: E402
+from robustbench_sparse.results import harness  # noqa: E402
 from robustbench_sparse.results.store import ResultStore  # noqa: E402
 from robustbench_sparse.results.transfer import run_transfer  # noqa: E402
 from robustbench_sparse.zoo.checkpoints import read_manifest  # noqa: E402
@@ -28,6 +28,7 @@ from robustbench_sparse.zoo.spec import load_zoo, select_models  # noqa: E402
 from tests.conftest import make_home  # noqa: E402
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # real Ray clusters
 CPU = torch.device("cpu")
 
 SUITE = """

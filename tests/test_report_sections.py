@@ -74,7 +74,7 @@ def test_a_registered_section_appears_in_markdown_html_and_latex(trained_home, t
     assert all(f"{m} & {n}" in toy_tex for m, n in zip(csv["model"], csv["clean correct"], strict=True))
 
 
-def test_unregistered_section_is_gone_and_names_are_unique(trained_home):
+def test_unregistered_section_is_gone_and_names_are_unique():
     before = section_names()
     register_section("toy", toy_section)
     with pytest.raises(ValueError, match="already registered"):

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from robustbench_sparse.perturb.attacks.bpda import BPDA_MODES
+from robustbench_sparse.perturb.backends import BACKENDS
 from robustbench_sparse.perturb.params import Param, boolean, choice, integer, number
-from robustbench_sparse.runtime import UserError, stable_seed
+from robustbench_sparse.runtime import BudgetViolation, UserError, stable_seed
 
-BACKENDS = ("torchattacks", "foolbox")
 BOUND_TOLERANCE = 1e-6
 
 # One attack call on a batch: (images, labels) -> adversarial images (a torchattacks attack is one).
@@ -48,9 +48,6 @@ EARLY_STOP = Param(
 )
 _NAME = re.compile(r"[a-z][a-z0-9_-]*")  # what a spec string can name
 
-
-class BudgetViolation(RuntimeError):
-    """An attack returned inputs outside its eps-ball or outside [0, 1]."""
 
 
 def check_budget(x: torch.Tensor, adv: torch.Tensor, eps: float) -> None:
@@ -125,7 +122,7 @@ class Attack:
 
     def check(self, params: dict[str, Any]) -> str:
         """The backend to craft with; combinations no backend can run are refused (UserError)."""
-        backend = params.get("backend", "torchattacks")
+        backend = params.get("backend", self.backends[0])
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         if backend not in self.backends:
