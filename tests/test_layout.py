@@ -9,7 +9,7 @@ import robustbench_sparse
 
 PACKAGE = Path(robustbench_sparse.__file__).parent
 # data in -> model zoo -> training -> perturbations -> evaluations -> execution -> results ->
-# analysis -> reports; the CLI, the pipeline and the public API on top; `runtime` under all.
+# analysis -> reports; the CLI, the pipeline and the public API on top; `runtime` and `registry` under all.
 LAYERS = ["runtime", "data", "zoo", "training", "perturb", "evaluation", "execution", "results", "analysis",
           "report", "top"]
 
@@ -19,8 +19,13 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+BASE = ("runtime", "registry")  # the modules every layer may use
+
+
 def _layer(module: str) -> int:
     part = module.split(".")[1] if "." in module else "top"
+    if part in BASE:
+        return 0
     return LAYERS.index(part) if part in LAYERS else LAYERS.index("top")
 
 
@@ -68,3 +73,10 @@ def test_no_import_cycles():
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
+
+
+def test_the_tests_follow_the_layout():
+    tests = Path(__file__).parent
+    for layer in LAYERS:
+        if layer not in ("runtime", "top"):
+            assert list((tests / layer).glob("test_*.py")), f"tests/{layer}/ has no tests"

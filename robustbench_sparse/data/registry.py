@@ -9,11 +9,12 @@ list come from here. Adding a dataset is one such module and its import in `data
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from robustbench_sparse.data.types import DatasetArrays, DatasetInfo
+from robustbench_sparse.registry import Registry
 from robustbench_sparse.runtime import UserError
 
 # Reads the official train and test sets under a data root; `download` asks it to fetch them.
@@ -44,7 +45,7 @@ class DatasetDefinition:
 
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
-_DEFINITIONS: dict[str, DatasetDefinition] = {}
+_DEFINITIONS: Registry[DatasetDefinition] = Registry("dataset")
 
 
 def register_dataset(definition: DatasetDefinition) -> DatasetDefinition:
@@ -53,8 +54,6 @@ def register_dataset(definition: DatasetDefinition) -> DatasetDefinition:
     if not _NAME.fullmatch(info.name):
         raise UserError(f"dataset name {info.name!r}: use lower-case letters, digits and '-' "
                         "(it names folders and a command-line value)")
-    if info.name in _DEFINITIONS:
-        raise UserError(f"dataset {info.name!r} is already registered; registered: {', '.join(_DEFINITIONS)}")
     if len(info.shape) != 3 or min(info.shape) < 1 or info.num_classes < 2:
         raise UserError(f"dataset {info.name!r}: shape must be (C, H, W) and num_classes >= 2, "
                         f"got {info.shape} and {info.num_classes}")
@@ -63,42 +62,21 @@ def register_dataset(definition: DatasetDefinition) -> DatasetDefinition:
     share = definition.validation_share
     if share is not None and not 0 < share < 1:
         raise UserError(f"dataset {info.name!r}: validation_share must be in (0, 1) or None, got {share}")
-    _DEFINITIONS[info.name] = definition
-    return definition
+    return _DEFINITIONS.add(info.name, definition)
 
 
 def unregister_dataset(name: str) -> None:
-    """Remove a registered dataset (for tests); an unknown name is a UserError."""
-    dataset_definition(name)
-    del _DEFINITIONS[name]
+    """Remove a registered dataset (for tests)."""
+    _DEFINITIONS.remove(name)
 
 
 def dataset_definition(name: str) -> DatasetDefinition:
-    try:
-        return _DEFINITIONS[name]
-    except KeyError:
-        raise UserError(f"unknown dataset {name!r}; valid: {', '.join(_DEFINITIONS)}") from None
+    return _DEFINITIONS.lookup(name)
 
 
 def dataset_info(name: str) -> DatasetInfo:
     return dataset_definition(name).info
 
 
-class _Infos(Mapping[str, DatasetInfo]):
-    """Each registered dataset's `DatasetInfo` by name, in registration order; read-only and
-    always current."""
-
-    def __getitem__(self, name: str) -> DatasetInfo:
-        return _DEFINITIONS[name].info
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_DEFINITIONS)
-
-    def __len__(self) -> int:
-        return len(_DEFINITIONS)
-
-    def __repr__(self) -> str:
-        return repr(dict(self))
-
-
-DATASETS: Mapping[str, DatasetInfo] = _Infos()
+# Each registered dataset's `DatasetInfo` by name, in registration order; read-only, always current.
+DATASETS: Mapping[str, DatasetInfo] = _DEFINITIONS.view(lambda definition: definition.info)

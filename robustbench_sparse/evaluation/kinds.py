@@ -24,6 +24,7 @@ from robustbench_sparse.data.datasets import DatasetInfo
 from robustbench_sparse.perturb import attacks, corruptions, noise
 from robustbench_sparse.perturb.attacks.base import ALPHA
 from robustbench_sparse.perturb.params import Param, boolean, choice, number
+from robustbench_sparse.registry import Registry
 from robustbench_sparse.runtime import UserError, generator
 
 PRUNE = Param(
@@ -91,7 +92,7 @@ def attack_kind(attack: attacks.Attack) -> Kind:
                 attack=attack)
 
 
-_REGISTERED: dict[str, Kind] = {}  # the kinds registered here (attacks come from their registry)
+_REGISTERED: Registry[Kind] = Registry("evaluation kind")  # the kinds registered here (attacks: their registry)
 _ATTACK_KINDS: dict[str, tuple[attacks.Attack, Kind]] = {}  # each attack's kind, made once
 
 
@@ -138,15 +139,12 @@ def register_kind(kind: Kind) -> Kind:
         raise ValueError(f"evaluation kind {kind.name!r} is already registered; pick another name")
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", kind.name):
         raise ValueError(f"kind name {kind.name!r} cannot appear in a spec string; use [a-z][a-z0-9_-]*")
-    _REGISTERED[kind.name] = kind
-    return kind
+    return _REGISTERED.add(kind.name, kind)
 
 
 def unregister_kind(name: str) -> Kind:
     """Remove a kind registered with `register_kind` (for tests) and return it."""
-    if name not in _REGISTERED:
-        raise KeyError(f"evaluation kind {name!r} is not registered")
-    return _REGISTERED.pop(name)
+    return _REGISTERED.remove(name)
 
 
 def kind_of(name: str) -> Kind:

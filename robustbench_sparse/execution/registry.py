@@ -13,16 +13,15 @@ import importlib
 from collections.abc import Iterator
 from typing import Any
 
+from robustbench_sparse.registry import Registry
 from robustbench_sparse.runtime import UserError
 
-EXECUTORS: dict[str, str] = {}
+EXECUTORS: Registry[str] = Registry("executor")
 
 
 def register_executor(name: str, target: str) -> None:
     """Register the executor class at `target` ("package.module:Class") under `name`."""
-    if name in EXECUTORS:
-        raise ValueError(f"executor {name!r} is already registered ({EXECUTORS[name]})")
-    EXECUTORS[name] = target
+    EXECUTORS.add(name, target)
 
 
 register_executor("local", "robustbench_sparse.execution.executor:LocalExecutor")
@@ -39,9 +38,7 @@ def no_options(name: str, unused: dict[str, Any]) -> None:
 
 def make_executor(name: str, **options: Any) -> Any:
     """An executor by name; options (e.g. address, workers, threads) go to its constructor."""
-    if name not in EXECUTORS:
-        raise UserError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}")
-    module, _, cls = EXECUTORS[name].partition(":")
+    module, _, cls = EXECUTORS.lookup(name).partition(":")
     return getattr(importlib.import_module(module), cls)(**options)
 
 

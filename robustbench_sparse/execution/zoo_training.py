@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robustbench_sparse.data.datasets import Dataset
-from robustbench_sparse.execution.executor import LocalExecutor
+from robustbench_sparse.execution.registry import open_executor
 from robustbench_sparse.runtime import Paths, progress_disabled
 from robustbench_sparse.training.train import TrainOutcome, clean_accuracy, validation_accuracy
 from robustbench_sparse.zoo.checkpoints import checkpoint_status, read_manifest, save_checkpoint
@@ -27,7 +27,7 @@ def train_zoo(
     executor: Any = None,
 ) -> list[TrainOutcome]:
     """Train every (spec, seed) that has no up-to-date checkpoint (all of them with `force`), on
-    `executor` (default: this process). Checkpoints are written here, by the caller's process.
+    `executor` (an executor, or a registered name; default: this process). Checkpoints are written here, by the caller's process.
 
     `load_data` is called at most once, and only if something needs training."""
     outcomes: dict[tuple[str, int], TrainOutcome] = {}
@@ -44,19 +44,19 @@ def train_zoo(
                 statuses[(spec.name, seed)] = status
     if todo:
         data = load_data()
-        runner = executor or LocalExecutor()
         bar = tqdm(total=len(todo), desc="models", disable=progress_disabled())
-        for spec, seed, model, seconds in runner.train(todo, data, device):
-            manifest = save_checkpoint(
-                paths, spec, dataset, seed, model, clean_accuracy(model, data, device),
-                len(data.test_x), seconds, str(device), validation_accuracy(model, data, device),
-            )
-            action = {
-                "trained": "retrained (--force)",
-                "stale": "retrained (settings changed)",
-                "corrupt": "retrained (checkpoint corrupt)",
-            }.get(statuses[(spec.name, seed)], "trained")
-            outcomes[(spec.name, seed)] = TrainOutcome(spec.name, seed, action, manifest)
-            bar.update()
+        with open_executor(executor or "local") as runner:
+            for spec, seed, model, seconds in runner.train(todo, data, device):
+                manifest = save_checkpoint(
+                    paths, spec, dataset, seed, model, clean_accuracy(model, data, device),
+                    len(data.test_x), seconds, str(device), validation_accuracy(model, data, device),
+                )
+                action = {
+                    "trained": "retrained (--force)",
+                    "stale": "retrained (settings changed)",
+                    "corrupt": "retrained (checkpoint corrupt)",
+                }.get(statuses[(spec.name, seed)], "trained")
+                outcomes[(spec.name, seed)] = TrainOutcome(spec.name, seed, action, manifest)
+                bar.update()
         bar.close()
     return [outcomes[(spec.name, seed)] for seed in seeds for spec in specs]

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from robustbench_sparse.registry import Registry
+
 if TYPE_CHECKING:
     from robustbench_sparse.report.data import RunData
 
@@ -55,7 +57,7 @@ class Section:
 
 
 SectionFn = Callable[["RunData"], Section | None]
-_SECTIONS: dict[str, SectionFn] = {}
+_SECTIONS: Registry[SectionFn] = Registry("report section")
 LAST = "provenance"  # new sections go before this one unless told otherwise
 
 
@@ -64,23 +66,14 @@ def register_section(name: str, fn: SectionFn | None = None, *, before: str | No
     """Add a section to every report, before section `before` (None: at the end). Usable as a
     decorator. A name already registered is refused."""
     def add(f: SectionFn) -> SectionFn:
-        if name in _SECTIONS:
-            raise ValueError(f"report section {name!r} is already registered")
-        items = list(_SECTIONS.items())
-        at = next((i for i, (n, _) in enumerate(items) if n == before), len(items))
-        items.insert(at, (name, f))
-        _SECTIONS.clear()
-        _SECTIONS.update(items)
-        return f
+        return _SECTIONS.add(name, f, before=before)
 
     return add if fn is None else add(fn)
 
 
 def unregister_section(name: str) -> None:
     """Remove a registered section."""
-    if name not in _SECTIONS:
-        raise ValueError(f"no report section {name!r}; registered: {', '.join(_SECTIONS)}")
-    del _SECTIONS[name]
+    _SECTIONS.remove(name)
 
 
 def section_names() -> list[str]:

@@ -12,18 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from robustbench_sparse.registry import Registry
 from robustbench_sparse.runtime import UserError
 
 # (spec, info) -> an nn.Module or a list of modules (taking normalised inputs, returning logits)
 Family = Callable[[Any, Any], Any]
-FAMILIES: dict[str, str] = {}
+FAMILIES: Registry[str] = Registry("architecture family")
 
 
 def register_family(name: str, target: str) -> None:
     """Register the builder at `target` ("package.module:function") as family `name`."""
-    if name in FAMILIES:
-        raise ValueError(f"architecture family {name!r} is registered twice")
-    FAMILIES[name] = target
+    FAMILIES.add(name, target)
 
 
 register_family("cnn", "robustbench_sparse.zoo.build:cnn_layers")

@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar, overload
 
 from robustbench_sparse.perturb.attacks.base import Attack
-from robustbench_sparse.runtime import UserError
+from robustbench_sparse.registry import Registry
 
 A = TypeVar("A", bound=Attack)
 
-_REGISTRY: dict[str, Attack] = {}
+_REGISTRY: Registry[Attack] = Registry("attack")
 
 
 def register(attack: A) -> A:
@@ -24,24 +24,17 @@ def register(attack: A) -> A:
     """
     if not isinstance(attack, Attack):
         raise TypeError(f"register takes an Attack, not {type(attack).__name__}")
-    if attack.name in _REGISTRY:
-        raise ValueError(f"attack {attack.name!r} is already registered; pick another name")
-    _REGISTRY[attack.name] = attack
-    return attack
+    return _REGISTRY.add(attack.name, attack)
 
 
 def unregister(name: str) -> Attack:
     """Remove a registered attack (for tests) and return it."""
-    if name not in _REGISTRY:
-        raise KeyError(f"attack {name!r} is not registered")
-    return _REGISTRY.pop(name)
+    return _REGISTRY.remove(name)
 
 
 def attack_of(name: str) -> Attack:
     """The registered attack called `name`; an unknown name is a UserError listing the valid ones."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown attack {name!r}; valid: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return _REGISTRY.lookup(name)
 
 
 class _Names(Sequence[str]):
@@ -73,19 +66,6 @@ class _Names(Sequence[str]):
         return repr(self._names())
 
 
-class _Labels(Mapping[str, str]):
-    """Attack name -> its label in tables and diagnostics (live)."""
-
-    def __getitem__(self, name: str) -> str:
-        return _REGISTRY[name].label
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(tuple(_REGISTRY))
-
-    def __len__(self) -> int:
-        return len(_REGISTRY)
-
-
 ATTACKS: Sequence[str] = _Names(lambda attack: True)
 FOOLBOX_ATTACKS: Sequence[str] = _Names(lambda attack: "foolbox" in attack.backends)
-LABELS: Mapping[str, str] = _Labels()
+LABELS: Mapping[str, str] = _REGISTRY.view(lambda attack: attack.label)  # in tables and diagnostics

@@ -81,7 +81,7 @@ def test_unregistered_section_is_gone_and_names_are_unique():
         register_section("toy", toy_section)
     unregister_section("toy")
     assert section_names() == before
-    with pytest.raises(ValueError, match="no report section 'toy'"):
+    with pytest.raises(ValueError, match="no report section 'toy' is registered"):
         unregister_section("toy")
 
 

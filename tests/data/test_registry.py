@@ -24,7 +24,7 @@ from robustbench_sparse.data.registry import (
 from robustbench_sparse.data.types import DatasetArrays, DatasetInfo
 from robustbench_sparse.runtime import UserError
 from robustbench_sparse.zoo.spec import ModelSpec
-from tests.test_data import idx_images, idx_labels
+from tests.data.test_datasets import idx_images, idx_labels
 
 BUILT_IN = ("mnist5k", "mnist", "fashion-mnist", "cifar10")
 TOY = "toy-digits"
@@ -102,10 +102,10 @@ def test_a_registered_dataset_loads_with_its_validation_split(toy, tmp_path):
 
 
 def test_a_duplicate_registration_is_refused(toy):
-    with pytest.raises(UserError, match="'toy-digits' is already registered"):
+    with pytest.raises(ValueError, match="'toy-digits' is already registered"):
         register_dataset(toy)
     mnist_definition = dataset_definition("mnist")
-    with pytest.raises(UserError, match="'mnist' is already registered"):
+    with pytest.raises(ValueError, match="'mnist' is already registered"):
         register_dataset(dataclasses.replace(toy, info=dataclasses.replace(toy.info, name="mnist")))
     assert dataset_definition("mnist") is mnist_definition
     assert list(DATASETS) == [*BUILT_IN, TOY]
@@ -118,7 +118,7 @@ def test_unregistering_leaves_only_the_built_in_datasets(toy, tmp_path):
     assert list(DATASETS) == list(BUILT_IN) and data.split_version(TOY) is None
     with pytest.raises(UserError, match="unknown dataset 'toy-digits'; valid: mnist5k, mnist, fashion-mnist, cifar10$"):
         data.load_dataset(TOY, data_root=tmp_path)
-    with pytest.raises(UserError, match="unknown dataset 'toy-digits'"):
+    with pytest.raises(ValueError, match="no dataset 'toy-digits' is registered"):
         unregister_dataset(TOY)
 
 
