@@ -341,9 +341,12 @@ def test_identity_follows_weights_settings_and_code_not_the_process():
 def test_zoo_cards_are_left_alone_and_compare_takes_one_name(home, small_mnist):
     net = trained_mlp(small_mnist)
     cards = home.reports("mnist5k") / "cards"
+    before = {p.stem: p.read_bytes() for p in cards.glob("*.json")}  # the shared home may hold zoo cards
     result = evaluate_model(net, suite="own", name="tiny-mlp", compare="dense", device="cpu", home=home.home)
     assert set(result.records["model"]) == {"dense", "tiny-mlp"}
-    assert sorted(p.stem for p in cards.glob("*.json")) == ["tiny-mlp"]
+    after = {p.stem: p.read_bytes() for p in cards.glob("*.json")}
+    assert set(after) == set(before) | {"tiny-mlp"}
+    assert all(after[name] == data for name, data in before.items() if name != "tiny-mlp")  # zoo cards untouched
 
 
 def test_bpda_leaves_a_wrapper_with_a_bpda_attribute_alone():
