@@ -154,6 +154,7 @@ def test_missing_cells_are_reported_not_rerun(home):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow  # an external program
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="chromium not installed")
 def test_html_report_renders_in_headless_chromium(home, tmp_path):
     assert CHROMIUM, "CI must install Debian's chromium (see .ci/run)"
@@ -251,6 +252,7 @@ def test_cards_validate_against_the_schema_and_the_index_lists_every_run(home):
 PDFLATEX = shutil.which("pdflatex")
 
 
+@pytest.mark.slow  # an external program
 @pytest.mark.skipif(not PDFLATEX, reason="pdflatex not installed (apt-get install texlive-latex-base "
                     "texlive-latex-recommended)")
 def test_latex_report_compiles_with_pdflatex(home):
