@@ -11,6 +11,7 @@ model).
 
 from __future__ import annotations
 
+import abc
 import functools
 import re
 import warnings
@@ -72,7 +73,7 @@ def early_stop_needs_torchattacks(params: dict[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
-class Attack:
+class Attack(abc.ABC):
     """One L-inf attack: its name in suites, its label in tables, its parameters, its backends.
 
     `own_params` are the attack's parameters besides the shared ones, which `params` adds: eps,
@@ -133,11 +134,12 @@ class Attack:
         return backend
 
     def check_params(self, params: dict[str, Any], backend: str) -> None:
-        """A family's own refusals at crafting time (raise UserError)."""
+        """A family's own refusals at crafting time (raise UserError); none by default."""
+        return None
 
+    @abc.abstractmethod
     def build(self, backend: str, model: nn.Module, params: dict[str, Any], seed: int = 0) -> LibraryAttack:
-        """The attack of `backend` on `model` (in eval mode) with these parameters."""
-        raise NotImplementedError(f"{self.name} does not build a {backend} attack")
+        """The attack of `backend` (one of `backends`) on `model` (in eval mode) with these parameters."""
 
     def batch_dependent(self, params: dict[str, Any]) -> bool:
         """Whether an image's result depends on the other images of its batch (a batch-wide
