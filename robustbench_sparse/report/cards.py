@@ -26,17 +26,6 @@ def _mean_std(values: pd.Series) -> tuple[float, float | None]:
     return round(mean, 2), (round(float(values.std(ddof=1)), 2) if len(values) > 1 else None)
 
 
-def suite_file(plan: harness.Plan) -> str:
-    """The suite's file relative to the home (only its name when elsewhere): no machine's paths in a card."""
-    if not plan.suite.source:
-        return ""
-    source = Path(plan.suite.source)
-    try:
-        return source.resolve().relative_to(plan.paths.home.resolve()).as_posix()
-    except ValueError:
-        return source.name
-
-
 def card_entry(plan: harness.Plan, model: str, white: pd.DataFrame, everything: pd.DataFrame,
                checks: pd.DataFrame, tests: pd.DataFrame) -> dict[str, object]:
     """One run's numbers for one model."""
@@ -56,7 +45,7 @@ def card_entry(plan: harness.Plan, model: str, white: pd.DataFrame, everything: 
     clean_mean, clean_std = _mean_std(clean) if not clean.empty else (None, None)
     return {
         "run": plan.setup.run_name,
-        "suite_file": suite_file(plan),
+        "suite_file": harness.suite_file(plan),
         "test_size": plan.n,
         "test_fingerprint": plan.fingerprint,
         "seeds": [s for s in plan.seeds if plan.has(model, s)],

@@ -346,12 +346,23 @@ def export(frame: pd.DataFrame, plan: Plan, stem: str) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
+def suite_file(plan: Plan) -> str:
+    """The suite's file relative to the home (only its name when elsewhere): no machine's paths in what is committed."""
+    if not plan.suite.source:
+        return ""
+    source = Path(plan.suite.source)
+    try:
+        return source.resolve().relative_to(plan.paths.home.resolve()).as_posix()
+    except ValueError:
+        return source.name
+
+
 def run_metadata(plan: Plan) -> dict[str, Any]:
     return {
         "suite": plan.suite.name,
         "run": plan.setup.run_name,
         "backend": plan.setup.backend or "as the suite says",
-        "suite_file": plan.suite.source,
+        "suite_file": suite_file(plan),
         "dataset": plan.info.name,
         "split": plan.data.split,
         "test_size": plan.n,

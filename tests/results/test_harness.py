@@ -249,3 +249,16 @@ def test_ordering_flags_fire_on_masking_patterns_only():
     ])
     checks = {f.check for f in ordering_flags(masked)}
     assert checks == {"one-step beats iterative", "PGD weaker than I-FGSM", "accuracy rises with eps"}
+
+
+def test_the_suite_file_recorded_with_results_holds_no_path_of_this_machine(tmp_path):
+    from types import SimpleNamespace
+
+    from robustbench_sparse.runtime import Paths
+
+    home = tmp_path / "home"
+    (home / "attacks").mkdir(parents=True)
+    inside, outside = home / "attacks" / "quick.toml", tmp_path / "elsewhere" / "mine.toml"
+    plan = lambda source: SimpleNamespace(suite=SimpleNamespace(source=str(source)), paths=Paths(home))  # noqa: E731
+    assert harness.suite_file(plan(inside)) == "attacks/quick.toml"
+    assert harness.suite_file(plan(outside)) == "mine.toml"
