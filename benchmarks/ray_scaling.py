@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustbench_sparse.execution.cache import ArtifactStore
-from robustbench_sparse.execution.executor import LocalExecutor
+from robustbench_sparse.execution.local import LocalExecutor
 from robustbench_sparse.execution.ray_executor import RayExecutor
 from robustbench_sparse.results import harness
 from robustbench_sparse.results.store import ResultStore

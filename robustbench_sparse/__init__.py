@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from robustbench_sparse.runtime import pin_cpu_environment
+
+pin_cpu_environment()  # before torch reads its settings: see runtime.CPU_REGIME
+
 __version__ = "0.1.0"
 __all__ = ["RunRequest", "baseline", "benchmark", "check", "evaluate", "evaluate_model", "transfer"]
 

@@ -7,7 +7,6 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -60,7 +59,12 @@ ExecutorOpt = Annotated[ExecutorName, typer.Option(
 AddressOpt = Annotated[str | None, typer.Option(
     help="Ray cluster to join, HOST:PORT (from `ray start --head`); default: start a private Ray for the run.")]
 WorkersOpt = Annotated[int | None, typer.Option(
-    help="CPUs of the private Ray started for the run (default: all); each task gets one thread.")]
+    help="Worker processes (local) or CPUs of the private Ray (ray) for the run (default: one per core); "
+         "each task computes on one thread, so results do not depend on it.")]
+
+ReplaceOpt = Annotated[bool, typer.Option(
+    help="Replace a report in the run's folder that was made another way (other models, test images or "
+         "compute regime); without it such a run is refused before any work.")]
 
 ReportFormat = enum.StrEnum("ReportFormat", {"html": "html", "latex": "latex"})  # type: ignore[misc]
 HTML = ReportFormat("html")
@@ -261,7 +265,6 @@ def evaluate(request: RunRequest) -> None:
     _print_notes(the_plan.setup.notes)
     with request.open_executor() as runner:
         frame = harness.run(the_plan, executor=runner)
-    csv_path, json_path = harness.export(frame, the_plan, "records")
     typer.echo(f"\nsuite {the_plan.setup.run_name!r} on {the_plan.info.name}, {the_plan.n} test images "
                f"(accuracy % at each evaluation's strongest setting)\n")
     _print_table(summary(frame, the_plan.info.num_classes))
@@ -271,7 +274,8 @@ def evaluate(request: RunRequest) -> None:
         typer.secho("\npossible gradient masking (the attack, not the model, may be weak):",
                     fg=typer.colors.YELLOW)
         _print_table(fired.drop(columns="status"))
-    typer.echo(f"\nrecords: {csv_path}, {json_path}")
+    typer.echo(f"\nresults: {harness.store_path(the_plan.paths, the_plan.info.name)} (`rbs report` writes the report "
+               f"and its records export in {the_plan.folder})")
 
 
 @app.command()
@@ -286,51 +290,82 @@ def transfer(request: RunRequest) -> None:
     _print_notes(the_plan.setup.notes)
     with request.open_executor() as runner:
         frame = run_transfer(the_plan, executor=runner)
-    csv_path, json_path = harness.export(frame, the_plan, "transfer")
     for evaluation, strength in the_plan.suite.transfer_cells():
         typer.echo(f"\n{evaluation.name} at eps={strength:g}: accuracy % of each target (columns) "
                    "on examples crafted on each source (rows)\n")
         typer.echo(transfer_matrix(frame, evaluation.name, strength).round(1).to_markdown())
-    typer.echo(f"\nrecords: {csv_path}, {json_path}")
+    typer.echo(f"\nresults: {harness.store_path(the_plan.paths, the_plan.info.name)} (`rbs report` writes the report "
+               f"and its records export in {the_plan.folder})")
 
 
 @app.command()
 @_user_errors
-@run_command(omit=("device", "download", "executor", "address", "workers"))
+@run_command(omit=("seeds", "device", "download", "executor", "address", "workers"))
 def report(
     request: RunRequest,
     format: Annotated[ReportFormat, typer.Option(
         "--format", help="html: report.md and a self-contained report.html; latex: report.tex (booktabs "
                          "tables, compiles with pdflatex).")] = HTML,
+    report_seeds: Annotated[str | None, typer.Option(
+        "--seeds", help="Comma-separated training seeds (default: those of the report's records.json, else 0).")] = None,
+    replace: ReplaceOpt = False,
 ) -> None:
-    """Build tables, plots, the report, model cards (JSON) and reports/index.html from stored
-    results (re-runs nothing)."""
+    """Build tables, plots, the report, its records export, model cards (JSON) and reports/index.html
+    from stored results (re-runs nothing). Without the checkpoints here, from the records.json and
+    transfer.json beside the report; models and seeds not given are those they record."""
     from robustbench_sparse.report import build_report
     from robustbench_sparse.results import harness
 
-    the_plan = harness.plan(replace(request, device="cpu"))
+    given = report_seeds is not None
+    request = replace(request, device="cpu", seeds=tuple(parse_seeds(report_seeds)) if given else (0,))
+    the_plan = harness.report_plan(request, seeds_as_recorded=not given)
     _print_notes(the_plan.setup.notes)
-    result = build_report(the_plan, formats=("latex",) if format.value == "latex" else ("markdown", "html"))
+    if the_plan.recorded is not None:
+        typer.echo(f"checkpoints not here: rebuilding from {the_plan.recorded.records.path}")
+    result = build_report(the_plan, formats=("latex",) if format.value == "latex" else ("markdown", "html"),
+                          replace=replace)
     if result.missing:
         typer.secho(f"{result.missing} declared cells have no stored result; run `rbs evaluate` and "
-                    f"`rbs transfer` for suite {the_plan.suite.name!r} to fill them", fg=typer.colors.YELLOW)
+                    f"`rbs transfer` for suite {the_plan.suite.name!r} to fill them (they need the checkpoints: "
+                    "`rbs train`), or `rbs import` the records of whoever computed them", fg=typer.colors.YELLOW)
     written = [result.latex] if result.latex else [result.markdown, result.html]
     cards = the_plan.paths.reports(the_plan.info.name) / "cards"
     typer.echo(f"report: {chr(10).join(f'        {p}' for p in written).strip()}\nfigures: {len(result.figures)} "
                f"files in {result.folder / 'figures'}\ncards: {cards}\nindex: {the_plan.paths.home / 'reports' / 'index.html'}")
 
 
+@app.command("import")
+@_user_errors
+def import_(
+    files: Annotated[list[Path], typer.Argument(
+        help="results.jsonl (a result store's records, beside reports/<dataset>/results.sqlite) or records.json "
+             "/ transfer.json (beside a report).", show_default=False)],
+    home: HomeOpt = None,
+) -> None:
+    """Merge exported records into this home's result stores (a study computed in parts, on several
+    machines). A key already held with other numbers refuses the whole import; nothing is written."""
+    from robustbench_sparse.results.exchange import import_records
+
+    paths = Paths(home) if home else Paths.default()
+    for done in import_records(paths, files):
+        typer.echo(f"{done.dataset}: {done.new} new, {done.present} already present -> {done.store}")
+        for environment, count in done.other_environments.items():
+            typer.secho(f"    {count} from another {environment}: kept under their own keys (reports built with "
+                        "this code do not use them)", fg=typer.colors.YELLOW)
+
+
 @app.command()
 @_user_errors
 @run_command()
-def benchmark(request: RunRequest) -> None:
-    """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything."""
+def benchmark(request: RunRequest, replace: ReplaceOpt = False) -> None:
+    """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything;
+    the run ends compared with the report it found in its folder (the committed reference)."""
     import pandas as pd
 
     from robustbench_sparse import pipeline
     from robustbench_sparse.analysis.tables import summary
 
-    result = pipeline.benchmark(request, echo=typer.echo)
+    result = pipeline.benchmark(request, echo=typer.echo, replace=replace)
     typer.echo("")
     records = result.records
     if result.moves is not None and not result.moves.empty:  # as the report's overview: transfer feeds check 4
@@ -338,6 +373,10 @@ def benchmark(request: RunRequest) -> None:
                             ignore_index=True)
     _print_table(summary(records, result.plan.info.num_classes))
     typer.echo(f"\nreport: {result.report.markdown}\n        {result.report.html}")
+    if result.reference is not None:
+        folder = result.plan.folder.relative_to(result.plan.paths.home) if result.plan.folder.is_relative_to(
+            result.plan.paths.home) else result.plan.folder
+        typer.echo(result.reference.line(str(folder)))
 
 
 @app.command()

@@ -28,6 +28,8 @@ from robustbench_sparse.execution.registry import open_executor
 from robustbench_sparse.execution.zoo_training import TrainOutcome, train_zoo
 from robustbench_sparse.report import Report, build_report
 from robustbench_sparse.results import harness
+from robustbench_sparse.results.reference import Comparison, guard
+from robustbench_sparse.results.reference import compare as compare_with_reference
 from robustbench_sparse.results.request import RunRequest
 from robustbench_sparse.results.transfer import run_transfer
 from robustbench_sparse.runtime import UserError
@@ -64,7 +66,6 @@ def _train_and_evaluate(
         echo(f"    note: {note}")
     echo(f"{step}evaluate (suite {setup.run_name!r}, {the_plan.n} test images)")
     frame = harness.run(the_plan, executor=executor)
-    harness.export(frame, the_plan, "records")
     return the_plan, frame
 
 
@@ -74,29 +75,34 @@ class BenchmarkResult:
     records: pd.DataFrame
     moves: pd.DataFrame | None
     report: Report
+    # how the run compares with the report that was in its folder (None: there was none)
+    reference: Comparison | None = None
 
 
-def benchmark(*args: Any, echo: Echo = _quiet, **given: Any) -> BenchmarkResult:
+def benchmark(*args: Any, echo: Echo = _quiet, replace: bool = False, **given: Any) -> BenchmarkResult:
     """Train what is missing, evaluate, transfer (when the suite declares it), report; takes a
-    `RunRequest` or its fields."""
+    `RunRequest` or its fields. A report already in the run's folder that was made another way
+    (other models, test images, regime) is refused before any work unless `replace`; one made the
+    same way is the reference the run is compared with (`BenchmarkResult.reference`)."""
     request = RunRequest.of(*args, **given)
     setup = harness.prepare(request)
+    reference = guard(setup, replace)
     with request.open_executor() as runner:
         the_plan, frame = _train_and_evaluate(setup, request, runner, echo, step="1-2/4 ")
         moves = transfer_step(the_plan, runner, echo)
     echo("4/4 report")
-    return BenchmarkResult(the_plan, frame, moves, build_report(the_plan))
+    report = build_report(the_plan, replace=True)  # checked above, before any work
+    comparison = compare_with_reference(reference, the_plan, frame, moves) if reference is not None else None
+    return BenchmarkResult(the_plan, frame, moves, report, comparison)
 
 
 def transfer_step(plan: harness.Plan, runner: Executor, echo: Echo) -> pd.DataFrame | None:
-    """The suite's transfer attacks, exported beside the records (None when it declares none)."""
+    """The suite's transfer attacks (None when it declares none)."""
     if not plan.suite.transfer_cells():
         echo("3/4 transfer: the suite declares none")
         return None
     echo("3/4 transfer")
-    moves = run_transfer(plan, executor=runner)
-    harness.export(moves, plan, "transfer")
-    return moves
+    return run_transfer(plan, executor=runner)
 
 
 def baseline(out: Path | str, *args: Any, echo: Echo = _quiet, **given: Any) -> dict[str, Any]:

@@ -209,6 +209,107 @@ def progress_disabled() -> bool | None:
     return True if value in ("1", "true", "yes", "on") else None
 
 
+# --- the CPU compute regime ---------------------------------------------------------------------
+# One spec and seed gave a different checkpoint for every thread count and CPU: torch's CPU path
+# rounds differently with (1) the number of intra-op threads (how reductions and GEMMs are split),
+# (2) the instruction set of its kernels (ATen dispatches AVX2 or AVX-512 kernels; oneDNN JITs its
+# convolutions per CPU; NNPACK blocks them by cache size), and (3) the BLAS code path (MKL picks
+# one per CPU). The portable regime fixes each, measured on the zoo (benchmarks/determinism.py):
+# one intra-op thread per task (parallelism comes from running tasks side by side); ATen's AVX2
+# kernels on every CPU that has them; convolutions through torch's own im2col + GEMM (oneDNN and
+# NNPACK off); MKL's conditional numerical reproducibility on its COMPATIBLE branch, in strict
+# (alignment-independent) mode: the one branch MKL runs on Intel and AMD alike (on an AMD CPU it
+# maps every ISA branch, AVX2 included, to AUTO). The variables must be set before torch reads
+# them (ATen at its first operator, MKL at its first call), so importing this package sets them.
+CPU_REGIME = "cpu-portable-1"
+NATIVE_REGIME = "native"  # RBS_CPU_REGIME=native: torch's own choices (fastest, machine-dependent)
+REGIME_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT"}
+TASK_THREADS = 1
+_MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+                 10: "AVX2", 12: "AVX512", 14: "AVX512_E1"}
+_MKL_STRICT = 0x10000
+
+
+def requested_regime() -> str:
+    """The CPU regime asked for: `RBS_CPU_REGIME` (default: the portable one)."""
+    value = os.environ.get("RBS_CPU_REGIME", "").strip() or CPU_REGIME
+    if value not in (CPU_REGIME, NATIVE_REGIME):
+        raise UserError(f"RBS_CPU_REGIME={value!r} is not a regime; use {CPU_REGIME} (the default) or {NATIVE_REGIME}")
+    return value
+
+
+def pin_cpu_environment() -> None:
+    """Set the portable regime's variables for torch and MKL in this process and its children
+    (done when the package is imported, before torch reads them)."""
+    with contextlib.suppress(UserError):  # a bad value is reported where the regime is read
+        if requested_regime() == CPU_REGIME:
+            os.environ.update(REGIME_ENV)
+
+
+def _mkl_branch() -> str | None:
+    """MKL's reproducibility branch in effect, asked of the MKL linked into torch (None where it
+    cannot be asked: another platform or build)."""
+    import ctypes
+
+    import torch
+
+    try:
+        get = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")).mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return None
+    get.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
+    code = get(-1)
+    name = _MKL_BRANCHES.get(code & ~_MKL_STRICT, str(code & ~_MKL_STRICT))
+    return name + (",STRICT" if code & _MKL_STRICT else "")
+
+
+def compute_regime() -> dict[str, Any]:
+    """The CPU regime this process computes in, as recorded in manifests, results and reports:
+    `name` is the portable regime only when every part of it is in effect."""
+    import torch
+
+    requested = requested_regime()
+    kernels, mkl = torch.backends.cpu.get_cpu_capability(), _mkl_branch()
+    missing = []
+    if requested == CPU_REGIME:
+        if kernels != "AVX2":
+            missing.append(f"torch's kernels are {kernels}, not AVX2 (a CPU without AVX2, or torch used before "
+                           "robustbench_sparse was imported)")
+        if mkl is not None and mkl != REGIME_ENV["MKL_CBWR"]:
+            missing.append(f"MKL runs branch {mkl}, not {REGIME_ENV['MKL_CBWR']} (MKL used before robustbench_sparse "
+                           "was imported)")
+    portable = requested == CPU_REGIME and not missing
+    regime: dict[str, Any] = {
+        "name": CPU_REGIME if portable else NATIVE_REGIME,
+        "threads": TASK_THREADS if requested == CPU_REGIME else torch.get_num_threads(),
+        "kernels": kernels,
+        "mkl": mkl or os.environ.get("MKL_CBWR", "unknown"),
+        "convolution": "im2col+GEMM" if requested == CPU_REGIME else "oneDNN",
+        "machine": platform.machine(),
+    }
+    if missing:
+        regime["not_portable"] = "; ".join(missing)
+    return regime
+
+
+@contextlib.contextmanager
+def regime_block() -> Iterator[None]:
+    """Compute in the requested CPU regime while the block runs: one intra-op thread, oneDNN and
+    NNPACK off (the portable regime); the native regime leaves torch as it is."""
+    if requested_regime() == NATIVE_REGIME:
+        yield
+        return
+    import torch
+
+    onednn = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # (mkldnn.flags() would also reset its other settings)
+    try:
+        with torch_threads(TASK_THREADS), torch.backends.nnpack.flags(enabled=False):
+            yield
+    finally:
+        torch.backends.mkldnn.enabled = onednn
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to `threads` (None: left as it is) while the block runs.

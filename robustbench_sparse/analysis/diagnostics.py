@@ -17,16 +17,26 @@ and AutoAttack's own (`autoattack/checks.py`):
 9. zero gradients at the attack's start: dead input gradients at PGD's random start in the ball;
 10. AutoAttack beats PGD: AutoAttack or APGD more than 5 points below plain PGD (the PGD number
     overstates robustness, as on k-WTA: 52.4% under PGD, 18.5% under AutoAttack).
+
+A check that compares two accuracies (1, 2, 4, 5, 10), or one count with a fixed share (3, 6, 9),
+fires only when the difference is beyond its margin AND a one-sided exact test on the images says
+so (`stats.accuracy_test`, `stats.share_test`, p < `stats.MASKING_ALPHA`): two trainings of one
+net differ by a few images, and a flag must not flip on them. A difference beyond the margin that
+is not significant is no flag; it is kept (`Decisions.unproven`) so a reader sees why. Checks 7
+and 8 need no test: one input whose logits change proves randomness, and probability rows are a
+property of the output layer, not a rate estimated from a sample.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from robustbench_sparse.analysis.stats import Evidence, accuracy_test, correct_count, share_test
 from robustbench_sparse.evaluation.cells import decode_flags
 from robustbench_sparse.evaluation.kinds import parse_spec
 from robustbench_sparse.perturb.attacks import ATTACKS, LABELS  # LABELS: attack name -> label, from the registry
@@ -70,10 +80,39 @@ AUTOATTACK_TOLERANCE = 5.0
 
 @dataclass(frozen=True)
 class Flag:
+    """One decision of a check. `evidence` ends with the counts and the test, e.g. "(1 vs 7 of 200
+    images, discordant 0 vs 6; one-sided McNemar p = 0.016: not significant)". `significant`
+    False: beyond the check's margin but not significant, so not a flag (`Decisions.unproven`)."""
+
     model: str
     seed: int
     check: str
     evidence: str
+    test: str = ""  # "McNemar", "Fisher exact (unpaired)", "binomial", or "conclusive" (checks 7, 8)
+    p: float | None = None  # the one-sided p; None for a conclusive check
+    significant: bool = True
+
+
+@dataclass(frozen=True)
+class Decisions:
+    flags: list[Flag]  # fired: beyond the margin and significant
+    unproven: list[Flag]  # beyond the margin, not significant: no flag
+    checks: pd.DataFrame  # `masking_checks`
+
+
+def check_label(flag: Flag) -> str:
+    """The check a flag belongs to, as the checks table and baselines name it ("5. BPDA beats plain gradients")."""
+    number = CHECK_OF[flag.check]
+    return f"{number}. {CHECK_NEEDS[number][0]}"
+
+
+def _decide(model: str, seed: int, check: str, text: str, evidence: Evidence) -> Flag:
+    return Flag(model, seed, check, f"{text} ({evidence.describe()})", evidence.test, evidence.p,
+                evidence.significant)
+
+
+def _conclusive(model: str, seed: int, check: str, text: str) -> Flag:
+    return Flag(model, seed, check, text, "conclusive")
 
 
 def white_box(df: pd.DataFrame) -> pd.DataFrame:
@@ -100,10 +139,13 @@ def _pct(x: float) -> str:
     return f"{x:.1f}%"
 
 
-def ordering_flags(df: pd.DataFrame, tolerance: float = 2.0, monotone_tolerance: float = 1.0) -> list[Flag]:
-    """Check 1 on white-box gradient attacks (true gradients only), in accuracy points:
-    accuracy must not rise with eps beyond `monotone_tolerance` (sampling noise; unpruned sweeps
-    only), and at each eps > 0, PGD <= I-FGSM + tolerance and I-FGSM, PGD <= FGSM + tolerance."""
+def _lowest(records: pd.DataFrame) -> pd.Series:
+    """The record with the lowest accuracy (the first of ties)."""
+    return records.iloc[records["accuracy"].to_numpy().argmin()]
+
+
+def _ordering(df: pd.DataFrame, tolerance: float, monotone_tolerance: float) -> list[Flag]:
+    """Check 1's decisions, significant or not (`ordering_flags`)."""
     flags = []
     wb = white_box(df)
     if "spec" in wb.columns:
@@ -115,24 +157,37 @@ def ordering_flags(df: pd.DataFrame, tolerance: float = 2.0, monotone_tolerance:
             acc, eps = sweep["accuracy"].to_numpy() * 100, sweep["strength"].to_numpy()
             for i in range(1, len(acc)):
                 if acc[i] > acc[i - 1] + monotone_tolerance:
-                    flags.append(Flag(
+                    flags.append(_decide(
                         model, int(seed), "accuracy rises with eps",
                         f"{evaluation}: {_pct(acc[i - 1])} at eps={eps[i - 1]:g} -> {_pct(acc[i])} at eps={eps[i]:g}",
+                        accuracy_test(sweep.iloc[i - 1], sweep.iloc[i], "less"),
                     ))
-        by_eps = group.pivot_table(index="strength", columns="kind", values="accuracy", aggfunc="min") * 100
-        for eps, row in by_eps.iterrows():
+        for eps, at_eps in group.groupby("strength", sort=True):
             if eps == 0:
                 continue
+            # per kind its strongest record (lowest accuracy), as the check compares kinds
+            best = {kind: _lowest(part) for kind, part in at_eps.groupby("kind", sort=False)}
+            acc = {kind: row["accuracy"] * 100 for kind, row in best.items()}
             for strong in ("ifgsm", "pgd"):
-                if "fgsm" in row and strong in row and row[strong] > row["fgsm"] + tolerance:
-                    flags.append(Flag(
+                if "fgsm" in acc and strong in acc and acc[strong] > acc["fgsm"] + tolerance:
+                    flags.append(_decide(
                         model, int(seed), "one-step beats iterative",
-                        f"FGSM {_pct(row['fgsm'])} < {LABELS[strong]} {_pct(row[strong])} at eps={eps:g}",
+                        f"FGSM {_pct(acc['fgsm'])} < {LABELS[strong]} {_pct(acc[strong])} at eps={eps:g}",
+                        accuracy_test(best["fgsm"], best[strong], "less"),
                     ))
-            if "pgd" in row and "ifgsm" in row and row["pgd"] > row["ifgsm"] + tolerance:
-                flags.append(Flag(model, int(seed), "PGD weaker than I-FGSM",
-                                  f"PGD {_pct(row['pgd'])} > I-FGSM {_pct(row['ifgsm'])} at eps={eps:g}"))
+            if "pgd" in acc and "ifgsm" in acc and acc["pgd"] > acc["ifgsm"] + tolerance:
+                flags.append(_decide(model, int(seed), "PGD weaker than I-FGSM",
+                                     f"PGD {_pct(acc['pgd'])} > I-FGSM {_pct(acc['ifgsm'])} at eps={eps:g}",
+                                     accuracy_test(best["pgd"], best["ifgsm"], "greater")))
     return flags
+
+
+def ordering_flags(df: pd.DataFrame, tolerance: float = 2.0, monotone_tolerance: float = 1.0) -> list[Flag]:
+    """Check 1 on white-box gradient attacks (true gradients only), in accuracy points:
+    accuracy must not rise with eps beyond `monotone_tolerance` (unpruned sweeps only), and at each
+    eps > 0, PGD <= I-FGSM + tolerance and I-FGSM, PGD <= FGSM + tolerance; each only where the
+    difference is also significant on the images (a few images either way are sampling noise)."""
+    return [f for f in _ordering(df, tolerance, monotone_tolerance) if f.significant]
 
 
 def _pgd_roles(own: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -160,24 +215,42 @@ def _survivors(group: pd.DataFrame) -> float:
     return float(np.logical_and.reduce([decode_flags(f, n) for f in group["flags"]]).mean() * 100)
 
 
-def _plain_at(plain: pd.DataFrame) -> dict[float, float]:
-    return (plain.groupby("strength")["accuracy"].min() * 100).to_dict()
+def _plain_rows(plain: pd.DataFrame) -> dict[float, pd.Series]:
+    """Per eps, the plain PGD record the checks compare with: the lowest."""
+    return {float(eps): _lowest(part) for eps, part in plain.groupby("strength")}
+
+
+def _strongest(beyond: pd.DataFrame, test: Callable[[pd.Series], Evidence]) -> tuple[pd.Series, Evidence] | None:
+    """Of the records beyond a check's margin, the lowest whose difference is significant, else the
+    lowest (an unproven decision). Each candidate is tested on its own: the lowest accuracy need
+    not have the most one-sided discordant pairs."""
+    tried = []
+    for _, row in beyond.iloc[np.argsort(beyond["accuracy"].to_numpy(), kind="stable")].iterrows():
+        evidence = test(row)
+        if evidence.significant:
+            return row, evidence
+        tried.append((row, evidence))
+    return tried[0] if tried else None
 
 
 def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, tolerance: float,
                   bpda_tolerance: float, dead_share: float) -> tuple[list[Flag], set[int]]:
-    """Checks 2-6 on one model's records: the flags raised, and which checks had what they need."""
+    """Checks 2-10 on one model's records: the decisions (significant or not), and which checks had
+    what they need."""
     flags: list[Flag] = []
     ran: set[int] = set()
     own = records[records["source"] == model]
     plain, strong, bpda = _pgd_roles(own)
-    plain_at = _plain_at(plain)
+    plain_rows = _plain_rows(plain)
+    plain_at = {eps: row["accuracy"] * 100 for eps, row in plain_rows.items()}
     for eps, acc in plain_at.items():
         if eps >= 0.99:
             ran.add(3)
             if acc > chance:
-                flags.append(Flag(model, seed, "unbounded eps does not break it",
-                                  f"PGD at eps={eps:g} leaves {_pct(acc)} (chance: {_pct(chance)})"))
+                row = plain_rows[eps]
+                flags.append(_decide(model, seed, "unbounded eps does not break it",
+                                     f"PGD at eps={eps:g} leaves {_pct(acc)} (chance: {_pct(chance)})",
+                                     share_test(correct_count(row), int(row["n"]), chance / 100)))
     # Attacks that do not follow the model's own gradients: Square, transfer, BPDA.
     others = records[records["kind"].isin(ATTACKS) & ((records["kind"] == "square") | (records["source"] != model))]
     detour = pd.concat([others, bpda], ignore_index=True)
@@ -186,32 +259,42 @@ def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, t
         if eps not in plain_at or eps >= 0.99 or around.empty:
             continue
         ran.add(2)
-        stronger = part["accuracy"].min() * 100
-        best = around.iloc[around["accuracy"].to_numpy().argmin()]
-        if stronger > plain_at[eps] - 0.5 and best["accuracy"] * 100 < stronger - tolerance:
-            flags.append(Flag(model, seed, "more effort does not help",
-                              f"PGD x{int(part['effort'].max() // plain['effort'].min())} effort "
-                              f"{_pct(stronger)} vs PGD {_pct(plain_at[eps])} at eps={eps:g}, while "
-                              f"{best['evaluation']} from {best['source']} leaves {_pct(best['accuracy'] * 100)}"))
+        strongest = _lowest(part)
+        stronger = strongest["accuracy"] * 100
+        if stronger <= plain_at[eps] - 0.5:
+            continue
+        decided = _strongest(around[around["accuracy"] * 100 < stronger - tolerance],
+                             lambda row, strongest=strongest: accuracy_test(strongest, row, "greater"))
+        if decided:
+            best, evidence = decided
+            flags.append(_decide(model, seed, "more effort does not help",
+                                 f"PGD x{int(part['effort'].max() // plain['effort'].min())} effort "
+                                 f"{_pct(stronger)} vs PGD {_pct(plain_at[eps])} at eps={eps:g}, while "
+                                 f"{best['evaluation']} from {best['source']} leaves {_pct(best['accuracy'] * 100)}",
+                                 evidence))
     for eps, part in others.groupby("strength"):
         if eps not in plain_at:
             continue
         ran.add(4)
-        worst = part.iloc[part["accuracy"].to_numpy().argmin()]
-        if worst["accuracy"] * 100 < plain_at[eps] - tolerance:
+        decided = _strongest(part[part["accuracy"] * 100 < plain_at[eps] - tolerance],
+                             lambda row, eps=eps: accuracy_test(row, plain_rows[eps], "less"))
+        if decided:
+            worst, evidence = decided
             how = "Square" if worst["source"] == model else f"{LABELS.get(worst['kind'], worst['kind'])} from {worst['source']}"
-            flags.append(Flag(model, seed, "black-box or transfer beats white-box",
-                              f"{how} {_pct(worst['accuracy'] * 100)} < white-box PGD {_pct(plain_at[eps])} "
-                              f"at eps={eps:g}"))
+            flags.append(_decide(model, seed, "black-box or transfer beats white-box",
+                                 f"{how} {_pct(worst['accuracy'] * 100)} < white-box PGD {_pct(plain_at[eps])} "
+                                 f"at eps={eps:g}", evidence))
     for eps, part in bpda.groupby("strength"):
         if eps not in plain_at:
             continue
         ran.add(5)
-        if part["accuracy"].min() * 100 < plain_at[eps] - bpda_tolerance:
-            row = part.iloc[part["accuracy"].to_numpy().argmin()]
-            flags.append(Flag(model, seed, "BPDA beats plain gradients",
-                              f"BPDA ({row['bpda']}) PGD {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} "
-                              f"at eps={eps:g}"))
+        decided = _strongest(part[part["accuracy"] * 100 < plain_at[eps] - bpda_tolerance],
+                             lambda row, eps=eps: accuracy_test(row, plain_rows[eps], "less"))
+        if decided:
+            row, evidence = decided
+            flags.append(_decide(model, seed, "BPDA beats plain gradients",
+                                 f"BPDA ({row['bpda']}) PGD {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} "
+                                 f"at eps={eps:g}", evidence))
     for _, row in own[own["kind"] == "gradients"].iterrows():
         eps = _params(row["spec"]).get("eps", 0.0) if "spec" in row else 0.0
         number, check = (9, "zero gradients at the attack's start") if eps > 0 else (6, "dead gradients")
@@ -219,30 +302,33 @@ def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, t
         dead = 1 - row["accuracy"]
         if dead > dead_share:
             where = f" at a random start in the eps={eps:g} ball" if eps > 0 else ""
-            flags.append(Flag(model, seed, check, f"{_pct(dead * 100)} of {row['n']} inputs have a zero or "
-                              f"non-finite input gradient{where}"))
+            flags.append(_decide(model, seed, check, f"{_pct(dead * 100)} of {row['n']} inputs have a zero or "
+                                 f"non-finite input gradient{where}",
+                                 share_test(int(row["n"]) - correct_count(row), int(row["n"]), dead_share)))
     for _, row in own[own["kind"] == "determinism"].iterrows():
         ran.add(7)
         if row["accuracy"] < 1:
-            flags.append(Flag(model, seed, "randomised model",
-                              f"{_pct((1 - row['accuracy']) * 100)} of {row['n']} inputs get different logits over "
-                              "5 forward passes: attack with EOT, plain gradients see one random draw"))
+            flags.append(_conclusive(model, seed, "randomised model",
+                                     f"{_pct((1 - row['accuracy']) * 100)} of {row['n']} inputs get different logits "
+                                     "over 5 forward passes: attack with EOT, plain gradients see one random draw"))
     for _, row in own[own["kind"] == "logits"].iterrows():
         ran.add(8)
         if row["accuracy"] < 0.5:
-            flags.append(Flag(model, seed, "probability outputs",
-                              f"{_pct((1 - row['accuracy']) * 100)} of {row['n']} output rows are probability "
-                              "vectors: cross-entropy on softmax output saturates; return logits"))
-    strongest = own[own["kind"].isin(["autoattack", "apgd"])]
-    for eps, part in strongest.groupby("strength"):
+            flags.append(_conclusive(model, seed, "probability outputs",
+                                     f"{_pct((1 - row['accuracy']) * 100)} of {row['n']} output rows are probability "
+                                     "vectors: cross-entropy on softmax output saturates; return logits"))
+    strongest_attacks = own[own["kind"].isin(["autoattack", "apgd"])]
+    for eps, part in strongest_attacks.groupby("strength"):
         if eps not in plain_at:
             continue
         ran.add(10)
-        row = part.iloc[part["accuracy"].to_numpy().argmin()]
-        if row["accuracy"] * 100 < plain_at[eps] - AUTOATTACK_TOLERANCE:
-            flags.append(Flag(model, seed, "AutoAttack beats PGD",
-                              f"{row['evaluation']} {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} at "
-                              f"eps={eps:g}: the PGD number overstates robustness"))
+        decided = _strongest(part[part["accuracy"] * 100 < plain_at[eps] - AUTOATTACK_TOLERANCE],
+                             lambda row, eps=eps: accuracy_test(row, plain_rows[eps], "less"))
+        if decided:
+            row, evidence = decided
+            flags.append(_decide(model, seed, "AutoAttack beats PGD",
+                                 f"{row['evaluation']} {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} at "
+                                 f"eps={eps:g}: the PGD number overstates robustness", evidence))
     return flags, ran
 
 
@@ -259,40 +345,56 @@ def _ordering_ran(records: pd.DataFrame, model: str) -> bool:
 
 def _statuses(df: pd.DataFrame, num_classes: int, tolerance: float, bpda_tolerance: float,
               dead_share: float) -> tuple[list[Flag], list[dict[str, Any]]]:
+    """Every decision (significant or not) and the checks table's rows: a check fires on its
+    significant decisions; one that ran with only unproven ones passes, naming them."""
     if df.empty:
         return [], []
-    flags = ordering_flags(df, tolerance)
+    decided = _ordering(df, tolerance, 1.0)
     rows = []
     chance = 100 / num_classes
     for (model, seed), records in df.groupby(["model", "seed"], sort=False):
         found, ran = _model_checks(records, model, int(seed), chance, tolerance, bpda_tolerance, dead_share)
         if _ordering_ran(records, model):
             ran.add(1)
-        flags += found
-        mine = [f for f in flags if f.model == model and f.seed == int(seed)]
+        decided += found
+        mine = [f for f in decided if f.model == model and f.seed == int(seed)]
         for number, (name, needs) in CHECK_NEEDS.items():
-            fired = [f for f in mine if CHECK_OF[f.check] == number]
+            fired = [f for f in mine if CHECK_OF[f.check] == number and f.significant]
+            unproven = [f for f in mine if CHECK_OF[f.check] == number and not f.significant]
             status = "fired" if fired else ("passed" if number in ran else "not run")
-            detail = ("; ".join(f"{f.check}: {f.evidence}" for f in fired) if fired
-                      else "" if status == "passed" else f"needs {needs}")
+            if fired:
+                detail = "; ".join(f"{f.check}: {f.evidence}" for f in fired)
+            elif status == "passed":
+                detail = "; ".join(f"not significant, {f.check}: {f.evidence}" for f in unproven)
+            else:
+                detail = f"needs {needs}"
             rows.append({"model": model, "seed": int(seed), "check": f"{number}. {name}", "status": status,
                          "evidence / needs": detail})
-    return flags, rows
+    return decided, rows
+
+
+def masking_decisions(df: pd.DataFrame, num_classes: int = 10, tolerance: float = 2.0,
+                      bpda_tolerance: float = 3.0, dead_share: float = 0.01) -> Decisions:
+    """The flags (with their tests and p), the differences beyond a margin that are not significant,
+    and the checks table, in one pass."""
+    decided, rows = _statuses(df, num_classes, tolerance, bpda_tolerance, dead_share)
+    return Decisions([f for f in decided if f.significant], [f for f in decided if not f.significant],
+                     pd.DataFrame(rows, columns=["model", "seed", "check", "status", "evidence / needs"]))
 
 
 def masking_flags(df: pd.DataFrame, num_classes: int = 10, tolerance: float = 2.0,
                   bpda_tolerance: float = 3.0, dead_share: float = 0.01) -> list[Flag]:
-    """The flags raised by the checks, per model and seed. `df` holds white-box records and
-    transfer records (targets = `model`, crafted on `source`)."""
-    return _statuses(df, num_classes, tolerance, bpda_tolerance, dead_share)[0]
+    """The flags raised by the checks, per model and seed (significant decisions only). `df` holds
+    white-box records and transfer records (targets = `model`, crafted on `source`)."""
+    return masking_decisions(df, num_classes, tolerance, bpda_tolerance, dead_share).flags
 
 
 def masking_checks(df: pd.DataFrame, num_classes: int = 10, tolerance: float = 2.0,
                    bpda_tolerance: float = 3.0, dead_share: float = 0.01) -> pd.DataFrame:
-    """Each of the checks per model and seed: fired (with its evidence), passed, or not run
-    (with the evaluations it needs)."""
-    rows = _statuses(df, num_classes, tolerance, bpda_tolerance, dead_share)[1]
-    return pd.DataFrame(rows, columns=["model", "seed", "check", "status", "evidence / needs"])
+    """Each of the checks per model and seed: fired (with its evidence), passed (naming any
+    difference beyond its margin that was not significant), or not run (with the evaluations it
+    needs)."""
+    return masking_decisions(df, num_classes, tolerance, bpda_tolerance, dead_share).checks
 
 
 def check_summary(checks: pd.DataFrame, model: str) -> str:

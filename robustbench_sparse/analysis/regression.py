@@ -2,24 +2,27 @@
 
 A baseline is a readable JSON file: per (model, evaluation, strength) the accuracy in points, its
 mean and std over seeds, and the environment it came from. `check` compares current results
-with it cell by cell.
+with it cell by cell, and fails on a masking check that fires now and did not in the baseline:
+only on a flag decided with evidence (beyond the check's margin and significant on the images,
+`diagnostics`), since a flip on a handful of images is what another machine's weights give.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from robustbench_sparse.analysis.diagnostics import masking_checks
+from robustbench_sparse.analysis.diagnostics import Flag, check_label, masking_checks, masking_decisions
 from robustbench_sparse.evaluation.kinds import ACCURACY, kind_of
 from robustbench_sparse.results.harness import Plan, Setup, run_metadata
 from robustbench_sparse.runtime import UserError, atomic_write_text
 
 FORMAT = "robustbench-sparse baseline 2"
+FLAG_COLUMNS = ["model", "seed", "check", "evidence", "test", "p"]  # CheckResult.new_flags and .unproven
 
 
 def cell_stats(frame: pd.DataFrame) -> dict[tuple[str, str, float], dict[str, Any]]:
@@ -131,9 +134,12 @@ class CheckResult:
     regressions: pd.DataFrame  # accuracy fell beyond the allowed drop
     improvements: pd.DataFrame  # noise accuracy rose beyond it (passes)
     rises: pd.DataFrame  # attack accuracy rose beyond it: suspicious (a weaker attack looks like robustness)
-    new_flags: pd.DataFrame  # masking checks that fire now and did not in the baseline
+    new_flags: pd.DataFrame  # masking checks that fire now (significantly) and did not in the baseline
     missing: list[str]
     compared: int
+    # beyond a check's margin but not significant, for a check the baseline did not fire: no flag,
+    # never fails; listed so that a reader sees the counts and p behind the pass
+    unproven: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FLAG_COLUMNS))
 
     def passed(self, allow_missing: bool = False, allow_rise: bool = False) -> bool:
         return (self.regressions.empty and self.new_flags.empty and (allow_rise or self.rises.empty)
@@ -143,6 +149,13 @@ class CheckResult:
 _COLUMNS = ["model", "evaluation", "strength", "baseline %", "now %", "change (points)", "allowed drop"]
 
 
+def _flag_table(flags: list[Flag]) -> pd.DataFrame:
+    """One row per decision: its check as baselines name it, the evidence (with the counts), test and p."""
+    rows = [{"model": f.model, "seed": f.seed, "check": check_label(f), "evidence": f"{f.check}: {f.evidence}",
+             "test": f.test, "p": f.p} for f in flags]
+    return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
 def compare(
     baseline: dict[str, Any], frame: pd.DataFrame, tolerance: float = 1.0, sigma: float | None = None,
     num_classes: int = 10,
@@ -150,7 +163,9 @@ def compare(
     """A cell regresses when its mean accuracy fell by more than the allowed drop, in points:
     `tolerance`, or with `sigma`, max(tolerance, sigma x the baseline's std over seeds). An attack's
     accuracy rising by more than that is suspicious, not an improvement, and so is any masking
-    check that fires now and did not in the baseline."""
+    check that fires now and did not in the baseline. A check fires only on a decision with
+    evidence (its margin and a one-sided exact test on the images, `diagnostics`); differences
+    beyond a margin that are not significant are listed in `unproven` and pass."""
     if tolerance < 0 or (sigma is not None and sigma < 0):
         raise UserError("--tolerance and --sigma must be >= 0")
     if sigma is not None and len(baseline["seeds"]) < 2:
@@ -175,16 +190,13 @@ def compare(
     regressions = table[table["change (points)"] < -table["allowed drop"]].reset_index(drop=True)
     improvements = table[up & ~is_attack].reset_index(drop=True)
     rises = table[up & is_attack].reset_index(drop=True)
-    checks = masking_checks(frame, num_classes)
+    decisions = masking_decisions(frame, num_classes)
     old_fired = {(m, c) for m, names in baseline["fired"].items() for c in names}
-    is_new = pd.Series([(m, c) not in old_fired for m, c in zip(checks["model"], checks["check"], strict=True)],
-                       index=checks.index, dtype=bool)
-    fresh = checks[(checks["status"] == "fired") & is_new]
-    new_flags = fresh[["model", "seed", "check", "evidence / needs"]].rename(
-        columns={"evidence / needs": "evidence"}).reset_index(drop=True)
+    new_flags = _flag_table([f for f in decisions.flags if f.significant and (f.model, check_label(f)) not in old_fired])
+    unproven = _flag_table([f for f in decisions.unproven if (f.model, check_label(f)) not in old_fired])
     missing = [f"{m} / {e} / {s:g}: in the baseline, not in this run" for m, e, s in sorted(before.keys() - now.keys())]
     missing += [f"{m} / {e} / {s:g}: in this run, not in the baseline" for m, e, s in sorted(now.keys() - before.keys())]
-    return CheckResult(regressions, improvements, rises, new_flags, missing, len(table))
+    return CheckResult(regressions, improvements, rises, new_flags, missing, len(table), unproven)
 
 
 def _pm(acc: dict[str, Any]) -> str:

@@ -9,9 +9,16 @@ The p-values of one table are corrected together with Holm's method (`statsmodel
 `multipletests`), and a difference is significant when the corrected p is below 0.05.
 The paper's noise score is tested once per model (`compare_noise_scores`): Welch's t over the
 per-seed scores, else Wilcoxon's signed-rank test over images, Holm over the models.
+
+The masking checks (`diagnostics`) decide with one-sided tests of a direction named in advance
+(`accuracy_test`, `share_test`, at MASKING_ALPHA): see `Evidence`.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -34,6 +41,12 @@ def _flags(rows: pd.DataFrame) -> dict[int, np.ndarray]:
     return {int(r.seed): decode_flags(r.flags, int(r.n)) for r in rows.itertuples(index=False)}
 
 
+def _discordant(x: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """The discordant pairs of two per-image correctness vectors: (x right and y wrong, x wrong and
+    y right). Only these carry information about which is more accurate (McNemar)."""
+    return int((x & ~y).sum()), int((~x & y).sum())
+
+
 def _mcnemar(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, str, float]:
     """Paired over the same test images, the images of every seed both models have pooled; the
     difference is taken over exactly those images."""
@@ -45,8 +58,9 @@ def _mcnemar(mine: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, str, float]:
     y = np.concatenate([fb[s] for s in common])
     difference = float(x.mean() - y.mean()) * 100
     # only the discordant pairs (x right, y wrong) and (x wrong, y right) enter the exact test
-    table = [[int((x & y).sum()), int((x & ~y).sum())], [int((~x & y).sum()), int((~x & ~y).sum())]]
-    if table[0][1] + table[1][0] == 0:
+    right_wrong, wrong_right = _discordant(x, y)
+    table = [[int((x & y).sum()), right_wrong], [wrong_right, int((~x & ~y).sum())]]
+    if right_wrong + wrong_right == 0:
         return difference, "McNemar exact", 1.0
     return difference, "McNemar exact", float(mcnemar(table, exact=True).pvalue)
 
@@ -157,3 +171,100 @@ def compare_noise_scores(pixel: pd.DataFrame, reference: str | None = None) -> p
         rows.append({"model": model, "reference": ref, "levels": len(shared), "noise score": score,
                      "difference": difference, "test": test, "p": p})
     return _holm(pd.DataFrame(rows, columns=SCORE_COLUMNS[:-2]))
+
+
+# --- the masking checks' evidence ---------------------------------------------------------------
+
+# A masking check fires only when its difference (or its count against a threshold) is beyond the
+# check's margin AND a one-sided exact test says so at this level. One-sided: each check names its
+# direction before looking (BPDA *below* PGD). 0.01 rather than 0.05: a run tests dozens of such
+# differences per model and seed (every eps, attack pair and transfer source), `rbs check` fails CI
+# on any new flag, and a flag says "this number is wrong", so a false alarm is the costly error.
+# It also keeps a flag from resting on a handful of images: on paired images at least 7 discordant
+# pairs, all one way, are needed (6 give p = 1/64 = 0.016); 6 of 200 is sampling noise between
+# two trainings of one net.
+MASKING_ALPHA = 0.01
+
+_DATA = re.compile(r"\|data=([^|]*)\|")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a masking decision rests on, in numbers a reader can check: the correct counts of the
+    records compared (in the order the check's text names them; one count for a threshold test),
+    their sizes, the test and its one-sided p. `significant` is the test's half of the decision;
+    the check's margin is the other."""
+
+    counts: tuple[int, ...]
+    n: tuple[int, ...]
+    test: str
+    p: float
+    discordant: tuple[int, int] | None = None  # paired: (only the first correct, only the second correct)
+    threshold: float | None = None  # a threshold test: the share tested against
+    alpha: float = MASKING_ALPHA
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.p < self.alpha)
+
+    def describe(self) -> str:
+        """E.g. "1 vs 7 of 200 images, discordant 0 vs 6; one-sided McNemar p = 0.016: not significant"."""
+        if self.threshold is not None:
+            what = f"{self.counts[0]} of {self.n[0]} images against {self.threshold * 100:g}%"
+        else:
+            of = f"{self.n[0]}" if len(set(self.n)) == 1 else " and ".join(map(str, self.n))
+            what = f"{self.counts[0]} vs {self.counts[1]} of {of} images"
+            if self.discordant is not None:
+                what += f", discordant {self.discordant[0]} vs {self.discordant[1]}"
+        verdict = "" if self.significant else ": not significant"
+        return f"{what}; one-sided {self.test} p = {self.p:.2g}{verdict}"
+
+
+def correct_count(record: pd.Series) -> int:
+    """A record's correct images (`correct`, else from `accuracy` and `n`)."""
+    if "correct" in record and pd.notna(record["correct"]):
+        return int(record["correct"])
+    return round(float(record["accuracy"]) * int(record["n"]))
+
+
+def _paired(first: pd.Series, second: pd.Series) -> bool:
+    """Both records carry per-image flags of the same images (same count; the same test-image
+    fingerprint, where their keys say)."""
+    flags = [r.get("flags") for r in (first, second)]
+    if not all(isinstance(f, str) and f for f in flags) or int(first["n"]) != int(second["n"]):
+        return False
+    a, b = (_DATA.search(str(r.get("key", ""))) for r in (first, second))
+    return a is None or b is None or a.group(1) == b.group(1)
+
+
+def accuracy_test(first: pd.Series, second: pd.Series, alternative: Literal["less", "greater"] = "less",
+                  alpha: float = MASKING_ALPHA) -> Evidence:
+    """One-sided: is `first`'s accuracy `alternative` than `second`'s? Two records (`n`, `correct`
+    or `accuracy`, and `flags`) of one model on the same test images.
+
+    With per-image flags: McNemar's exact test, i.e. a binomial test of the discordant pairs against
+    1/2 (`statsmodels`' `mcnemar` is two-sided only). Without them: Fisher's exact test on the two
+    counts as if independent; less powerful, but sound here, since two attacks' outcomes on the same
+    images are positively correlated, which only makes the unpaired test conservative."""
+    a, b = correct_count(first), correct_count(second)
+    n = (int(first["n"]), int(second["n"]))
+    if _paired(first, second):
+        x, y = decode_flags(first["flags"], n[0]), decode_flags(second["flags"], n[1])
+        only_first, only_second = _discordant(x, y)
+        # "less": the pairs where only `second` is right must dominate
+        hits = only_second if alternative == "less" else only_first
+        pairs = only_first + only_second
+        p = 1.0 if pairs == 0 else float(scipy_stats.binomtest(hits, pairs, 0.5, alternative="greater").pvalue)
+        return Evidence((a, b), n, "McNemar", p, (only_first, only_second), alpha=alpha)
+    if min(n) == 0:
+        return Evidence((a, b), n, "Fisher exact (unpaired)", 1.0, alpha=alpha)
+    table = [[a, n[0] - a], [b, n[1] - b]]
+    p = float(scipy_stats.fisher_exact(table, alternative=alternative).pvalue)
+    return Evidence((a, b), n, "Fisher exact (unpaired)", p, alpha=alpha)
+
+
+def share_test(count: int, n: int, share: float, alpha: float = MASKING_ALPHA) -> Evidence:
+    """One-sided exact binomial test: is the share of images behind `count` (of `n`) above `share`?
+    For a single record against a fixed threshold (accuracy above chance, dead gradients above 1%)."""
+    p = 1.0 if n == 0 else float(scipy_stats.binomtest(int(count), int(n), share, alternative="greater").pvalue)
+    return Evidence((int(count),), (int(n),), "binomial", p, threshold=share, alpha=alpha)

@@ -38,7 +38,7 @@ import torch
 from robustbench_sparse.evaluation.code_version import code_version
 from robustbench_sparse.evaluation.kinds import kind_of
 from robustbench_sparse.evaluation.suites import Evaluation
-from robustbench_sparse.runtime import library_versions
+from robustbench_sparse.runtime import compute_regime, library_versions
 
 COLUMNS = [
     "model", "dataset", "seed", "evaluation", "kind", "metric", "param", "strength", "n", "correct", "accuracy",
@@ -52,9 +52,10 @@ NUMBER_LIBRARIES = ("torch", "torchattacks", "foolbox")
 
 @functools.lru_cache(maxsize=1)
 def environment() -> dict[str, str]:
-    """What a number depends on besides its cell: library versions and our own code's version."""
+    """What a number depends on besides its cell: library versions, our own code's version, and
+    the CPU regime it is computed in (`runtime.compute_regime`: portable, or machine-dependent)."""
     versions = library_versions()
-    return {**{k: versions[k] for k in NUMBER_LIBRARIES}, "code": code_version()}
+    return {**{k: versions[k] for k in NUMBER_LIBRARIES}, "code": code_version(), "regime": compute_regime()["name"]}
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,8 +3,8 @@
 The two task kinds, `perturbed_set` (craft: model, evaluation, strength -> inputs) and `score`
 (model, inputs -> per-image correctness), cover white-box evaluation, noise and transfer alike.
 A `Workspace` gives a worker what it needs (models by name and seed, the test set, the device,
-the adversarial-set cache). The local executor runs jobs one after another in this process; an
-executor for another engine is one new module registered in `execution.registry`.
+the adversarial-set cache). The local executor (`execution.local`) runs jobs in a pool of worker
+processes; an executor for another engine is one new module registered in `execution.registry`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -23,9 +23,8 @@ from robustbench_sparse.evaluation.cells import Cell, Job
 from robustbench_sparse.evaluation.kinds import ACCURACY, kind_of, perturb
 from robustbench_sparse.evaluation.suites import Evaluation
 from robustbench_sparse.execution.cache import ArtifactStore
-from robustbench_sparse.execution.registry import no_options
 from robustbench_sparse.perturb.attacks import craft_batches
-from robustbench_sparse.runtime import eval_mode, stable_seed, torch_threads
+from robustbench_sparse.runtime import eval_mode, stable_seed
 from robustbench_sparse.zoo.checkpoints import model_from_bytes
 from robustbench_sparse.zoo.spec import ModelSpec
 
@@ -183,7 +182,7 @@ class Workspace:
                 self._models[(name, seed)] = Ensemble([self.model(m, seed) for m in self.ensemble])
             else:
                 spec, data = self.checkpoint(name, seed)
-                self._models[(name, seed)] = model_from_bytes(spec, self.info, data, self.device)
+                self._models[(name, seed)] = model_from_bytes(spec, self.info, data, self.device, seed=seed)
         return self._models[(name, seed)]
 
 
@@ -233,8 +232,8 @@ TrainTask = tuple[ModelSpec, int]  # (model, seed)
 class Executor(Protocol):
     """Where work runs. `map` yields the outcomes of jobs as they finish (in any order); `jobs` is
     consumed lazily, because the driver leases each job as it hands it over. `train` yields
-    (spec, seed, trained model, seconds) for each task. Records are bit-for-bit those of the local
-    executor when each task gets the same number of torch threads (`threads`)."""
+    (spec, seed, trained model, seconds) for each task, each computed in the CPU regime
+    (`runtime.regime_block`), so records and weights are bit for bit the same on every executor."""
 
     def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]: ...
 
@@ -242,34 +241,6 @@ class Executor(Protocol):
         tuple[ModelSpec, int, nn.Module, float]]: ...
 
     def close(self) -> None: ...
-
-
-class LocalExecutor:
-    """Every job in this process, one after another, in the order given, on `threads` torch
-    threads (default: torch's own choice, one per core)."""
-
-    def __init__(self, threads: int | None = None, **unused: Any) -> None:
-        no_options("local", unused)
-        self.threads = threads
-
-    def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]:
-        for job in jobs:
-            with torch_threads(self.threads):
-                outcome = run_job(job, ws)
-            yield outcome
-
-    def train(self, tasks: list[TrainTask], data: Dataset, device: torch.device) -> Iterator[
-            tuple[ModelSpec, int, nn.Module, float]]:
-        from robustbench_sparse.training.train import train_model
-
-        for spec, seed in tasks:
-            started = time.perf_counter()
-            with torch_threads(self.threads):
-                model = train_model(spec, data, seed, device)
-            yield spec, seed, model, time.perf_counter() - started
-
-    def close(self) -> None:
-        pass
 
 
 def cells_by_set(cells: Iterable[Cell]) -> list[Job]:

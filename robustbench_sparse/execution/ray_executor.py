@@ -8,10 +8,9 @@ the driver is the single writer of the result store and the adversarial-set cach
 sends each (model, seed) to a task and returns the weights to the driver, which writes the
 checkpoint.
 
-Every task asks for `threads` CPUs (and `gpus` of a GPU when the device is CUDA) and sets torch's
-thread count to `threads`, so N tasks on N cores do not fight. Seeds are per cell and per image,
-so the records are bit for bit those of the local executor run with the same number of threads
-per task. A task whose worker dies is retried by Ray (`max_retries`); a driver that dies loses only
+Every task asks for one CPU (and `gpus` of a GPU when the device is CUDA) and computes in the CPU
+regime (`runtime.regime_block`: one torch thread), so N tasks on N cores do not fight. Seeds are
+per cell and per image, so the records and trained weights are bit for bit the local executor's. A task whose worker dies is retried by Ray (`max_retries`); a driver that dies loses only
 unfinished cells (the same command resumes).
 """
 
@@ -40,7 +39,7 @@ from robustbench_sparse.execution.executor import (
     perturbed_set,
     score,
 )
-from robustbench_sparse.runtime import UserError, eval_mode, torch_threads
+from robustbench_sparse.runtime import REGIME_ENV, TASK_THREADS, UserError, eval_mode, regime_block
 from robustbench_sparse.zoo.build import build_model
 from robustbench_sparse.zoo.checkpoints import model_from_bytes
 from robustbench_sparse.zoo.spec import ModelSpec
@@ -74,13 +73,13 @@ def _model(info: DatasetInfo, ensemble: bool, recipes: tuple[Recipe, ...], devic
 # --- the tasks (plain functions; RayExecutor wraps them with ray.remote) ------------------------
 
 def craft_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor,
-               y: torch.Tensor, device: str, eval_seed: int, batch_size: int, threads: int, start: int, stop: int,
+               y: torch.Tensor, device: str, eval_seed: int, batch_size: int, start: int, stop: int,
                previous: torch.Tensor | None, ensemble: bool, *source: Recipe) -> tuple[torch.Tensor, float]:
     """Images start..stop of the perturbed set (a whole number of batches); `previous`: the same
     images of the set a pruned sweep starts from (Ray hands over the chunk once it is crafted)."""
     _same_environment(env)
     started = time.perf_counter()
-    with torch_threads(threads):
+    with regime_block():
         model = _model(info, ensemble, source, device)
         with eval_mode(model):
             inputs = perturbed_set(model, evaluation, strength, x[start:stop], y[start:stop], info,
@@ -88,13 +87,13 @@ def craft_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: fl
     return inputs, time.perf_counter() - started
 
 
-def score_task(env: str, info: DatasetInfo, y: torch.Tensor, device: str, batch_size: int, threads: int,
+def score_task(env: str, info: DatasetInfo, y: torch.Tensor, device: str, batch_size: int,
                target: Recipe, *chunks: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The target's per-image correctness on the set (given as its chunks, in order)."""
     _same_environment(env)
     started = time.perf_counter()
     inputs = torch.cat(chunks)
-    with torch_threads(threads):
+    with regime_block():
         model = _model(info, False, (target,), device)
         with eval_mode(model):
             flags = score(model, inputs, y, torch.device(device), batch_size)
@@ -102,11 +101,11 @@ def score_task(env: str, info: DatasetInfo, y: torch.Tensor, device: str, batch_
 
 
 def measure_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: float, x: torch.Tensor,
-                 y: torch.Tensor, device: str, eval_seed: int, batch_size: int, threads: int,
+                 y: torch.Tensor, device: str, eval_seed: int, batch_size: int,
                  target: Recipe) -> tuple[torch.Tensor, float]:
     _same_environment(env)
     started = time.perf_counter()
-    with torch_threads(threads):
+    with regime_block():
         model = _model(info, False, (target,), device)
         with eval_mode(model):
             flags = correct_flags(model, evaluation, strength, x, y, info, torch.device(device), eval_seed,
@@ -114,13 +113,12 @@ def measure_task(env: str, info: DatasetInfo, evaluation: Evaluation, strength: 
     return flags, time.perf_counter() - started
 
 
-def train_task(env: str, spec: ModelSpec, data: Dataset, seed: int, device: str,
-               threads: int) -> tuple[dict[str, Any], float]:
+def train_task(env: str, spec: ModelSpec, data: Dataset, seed: int, device: str) -> tuple[dict[str, Any], float]:
     from robustbench_sparse.training.train import train_model
 
     _same_environment(env)
     started = time.perf_counter()
-    with torch_threads(threads):
+    with regime_block():
         model = train_model(spec, data, seed, torch.device(device))
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, time.perf_counter() - started
 
@@ -142,7 +140,7 @@ class RayExecutor:
     otherwise starts a private Ray on this machine with `workers` CPUs (default: all) for the run
     and shuts it down afterwards."""
 
-    def __init__(self, address: str | None = None, workers: int | None = None, threads: int | None = None,
+    def __init__(self, address: str | None = None, workers: int | None = None,
                  gpus: float | None = None, max_retries: int = 3) -> None:
         ray = _import_ray()
         self.ray = ray
@@ -151,33 +149,32 @@ class RayExecutor:
         if address and workers:
             raise UserError("--workers sizes a local Ray; a cluster's size is set where it was started "
                             "(`ray start --num-cpus N`); give one of --address and --workers")
-        self.threads = 1 if threads is None else threads
-        if self.threads < 1:
-            raise UserError(f"threads must be >= 1, got {threads}")
         self.gpus = gpus
         self.max_retries = max_retries
         self._started = False
+        # Workers compute in the driver's CPU regime: its variables set before they import torch.
+        runtime_env = {"env_vars": {k: os.environ[k] for k in (*REGIME_ENV, "RBS_CPU_REGIME") if k in os.environ}}
         if not ray.is_initialized():
             try:
                 if address:
                     # A cluster on loopback (one machine) needs the driver on loopback too; elsewhere
                     # Ray finds the address the cluster can reach this machine at.
                     local = address.split(":")[0] in ("127.0.0.1", "localhost")
-                    ray.init(address=address, log_to_driver=False, configure_logging=False,
+                    ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env=runtime_env,
                              **({"_node_ip_address": "127.0.0.1"} if local else {}))
                 else:
                     ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                             configure_logging=False, _node_ip_address="127.0.0.1")
+                             configure_logging=False, _node_ip_address="127.0.0.1", runtime_env=runtime_env)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {err}") from None
             self._started = True
         cpus = ray.cluster_resources().get("CPU", 1)
-        self.slots = max(1, int(cpus // self.threads))
+        self.slots = max(1, int(cpus // TASK_THREADS))
         self._tasks = {f.__name__: ray.remote(f) for f in (craft_task, score_task, measure_task, train_task)}
 
     def _options(self, device: torch.device) -> dict[str, Any]:
         gpus = (self.gpus if self.gpus is not None else 0.5) if device.type == "cuda" else 0
-        return {"num_cpus": self.threads, "num_gpus": gpus, "max_retries": self.max_retries}
+        return {"num_cpus": TASK_THREADS, "num_gpus": gpus, "max_retries": self.max_retries}
 
     def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]:
         ray, opts, device = self.ray, self._options(ws.device), str(ws.device)
@@ -214,7 +211,7 @@ class RayExecutor:
             for start, before in zip(starts, previous, strict=True):
                 # One craft task per batch: the set is crafted in parallel, bit for bit as a whole.
                 chunk, seconds = craft.remote(env, ws.info, cell.evaluation, cell.strength, x_ref, y_ref, device,
-                                              cell.eval_seed, cell.batch_size, self.threads, start,
+                                              cell.eval_seed, cell.batch_size, start,
                                               start + cell.batch_size, before, cell.crafted_on[0] == ENSEMBLE,
                                               *sources)
                 chunks.append(chunk)
@@ -229,7 +226,7 @@ class RayExecutor:
             first = job.cells[0]
             evaluation, strength = first.evaluation, first.strength
             run = _Running(job, [None] * len(job.cells), [0.0] * len(job.cells))
-            common = (evaluation, strength, x_ref, y_ref, device, first.eval_seed, first.batch_size, self.threads)
+            common = (evaluation, strength, x_ref, y_ref, device, first.eval_seed, first.batch_size)
             if kind_of(evaluation.kind).metric != ACCURACY:  # one cell: a measurement of its model
                 waiting[measure.remote(env, ws.info, *common, recipe(first.model, first.seed))] = (run, "score", 0)
                 run.pending = 1
@@ -250,7 +247,7 @@ class RayExecutor:
                 waiting[seconds] = (run, "craft", 0)
                 run.pending += 1
             for i, cell in enumerate(job.cells):
-                ref = score_.remote(env, ws.info, y_ref, device, cell.batch_size, self.threads,
+                ref = score_.remote(env, ws.info, y_ref, device, cell.batch_size,
                                     recipe(cell.model, cell.seed), *run.chunks)
                 waiting[ref] = (run, "score", i)
                 run.pending += 1
@@ -295,7 +292,7 @@ class RayExecutor:
         task = self._tasks["train_task"].options(**self._options(device))
         data_ref = ray.put(data)
         env = environment_id()
-        refs = {task.remote(env, spec, data_ref, seed, str(device), self.threads): (spec, seed) for spec, seed in tasks}
+        refs = {task.remote(env, spec, data_ref, seed, str(device)): (spec, seed) for spec, seed in tasks}
         while refs:
             (ref,), _ = ray.wait(list(refs), num_returns=1)
             spec, seed = refs.pop(ref)

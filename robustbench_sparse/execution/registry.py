@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from robustbench_sparse.registry import Registry
-from robustbench_sparse.runtime import UserError
+from robustbench_sparse.runtime import UserError, regime_block
 
 EXECUTORS: Registry[str] = Registry("executor")
 
@@ -24,7 +24,7 @@ def register_executor(name: str, target: str) -> None:
     EXECUTORS.add(name, target)
 
 
-register_executor("local", "robustbench_sparse.execution.executor:LocalExecutor")
+register_executor("local", "robustbench_sparse.execution.local:LocalExecutor")
 register_executor("ray", "robustbench_sparse.execution.ray_executor:RayExecutor")
 
 
@@ -33,7 +33,7 @@ def no_options(name: str, unused: dict[str, Any]) -> None:
     given = [k for k, v in unused.items() if v is not None]
     if given:
         raise UserError(f"the {name} executor takes no {', '.join('--' + k for k in given)}: "
-                        "--address and --workers are for --executor ray")
+                        "--address is for --executor ray")
 
 
 def make_executor(name: str, **options: Any) -> Any:
@@ -45,14 +45,18 @@ def make_executor(name: str, **options: Any) -> Any:
 @contextlib.contextmanager
 def open_executor(executor: Any = "local", **options: Any) -> Iterator[Any]:
     """The executor for a block: one given as an object stays the caller's (not closed here); one
-    named is made with `options` (None values dropped) and closed when the block ends."""
+    named is made with `options` (None values dropped) and closed when the block ends. What the
+    caller computes in the block (e.g. a trained model's accuracy) is computed in the CPU regime,
+    as the executor's tasks are."""
     if not isinstance(executor, str):
         if any(v is not None for v in options.values()):
             raise UserError("executor options (address, workers) go with an executor name, not an executor object")
-        yield executor
+        with regime_block():
+            yield executor
         return
     made = make_executor(executor, **{k: v for k, v in options.items() if v is not None})
     try:
-        yield made
+        with regime_block():
+            yield made
     finally:
         made.close()

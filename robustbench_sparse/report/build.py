@@ -1,6 +1,8 @@
 """`build_report`: a run's report from stored results only (nothing is re-run).
 
-Cells a suite declares that have no stored result are counted as missing and left blank.
+Cells a suite declares that have no stored result are counted as missing and left blank. A plan
+made from the run's exports (`harness.report_plan`, when its checkpoints are not here) rebuilds the
+report from the records committed beside it.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robustbench_sparse.report import render, sections  # noqa: F401  (sections: registers the built-in ones)
-from robustbench_sparse.report.cards import write_cards
+from robustbench_sparse.report.cards import check_architectures, write_cards
 from robustbench_sparse.report.data import load_run
 from robustbench_sparse.report.index import build_index
 from robustbench_sparse.report.registry import make_sections
+from robustbench_sparse.report.sections import regime_line
 from robustbench_sparse.results import harness
+from robustbench_sparse.results.reference import guard
 from robustbench_sparse.runtime import UserError, atomic_write_text
 
 FORMATS = ("markdown", "html", "latex")
@@ -31,18 +35,34 @@ class Report:
     latex: Path | None = None
 
 
-def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "html")) -> Report:
+def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "html"), replace: bool = False) -> Report:
     """Write the report under reports/<dataset>/<run>/ (report.md and report.html, or report.tex
-    with `formats=("latex",)`), tables/*.csv, figures/*, each model's card under
-    reports/<dataset>/cards/, and reports/index.html."""
+    with `formats=("latex",)`), tables/*.csv, figures/*, its records export (records.json/csv, and
+    transfer.json/csv with transfer cells), each model's card under reports/<dataset>/cards/, and
+    reports/index.html. Built twice from the same numbers, every file is the same, byte for byte:
+    dates and versions are those the records export holds, not the clock's."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise UserError(f"unknown report format(s) {', '.join(sorted(unknown)) or '(none given)'}; "
                         f"valid: {', '.join(FORMATS)}")
-    data = load_run(plan)
+    if plan.recorded is not None:
+        check_architectures(plan)
+    else:  # numbers computed here: never written over a report made another way unless asked
+        guard(plan.setup, replace)
+    try:
+        data = load_run(plan)
+        page = render.Page(f"robustbench-sparse: {plan.info.name}, suite {plan.setup.run_name}",
+                           tuple(make_sections(data)), data.missing, regime_line(data.meta))
+    except TypeError as err:  # a per-image flag that is None: an export from before records carried them
+        legacy = [e for e in (plan.recorded.records, plan.recorded.transfer) if e is not None and not e.complete] \
+            if plan.recorded is not None else []
+        if not legacy:
+            raise
+        raise UserError(f"{legacy[0].path} holds no per-image results (it was exported before records carried "
+                        "them) and this report's worst cases and paired tests need them: rebuild it where its "
+                        "checkpoints are (`rbs train`, `rbs evaluate`, `rbs report`), or `rbs import` the "
+                        "results.jsonl of the machine that computed it") from err
     folder = plan.folder
-    page = render.Page(f"robustbench-sparse: {plan.info.name}, suite {plan.setup.run_name}",
-                       tuple(make_sections(data)), data.missing)
     for section in page.sections:
         for table in section.tables:
             if not table.csv.empty:
@@ -57,7 +77,10 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
     if "latex" in formats:
         written["latex"] = folder / "report.tex"
         atomic_write_text(written["latex"], render.latex(page, folder))
-    write_cards(plan, data.white, data.everything, data.checks, data.tests)
+    frames = {"records": data.white, "transfer": data.moves}
+    for stem, doc in data.exports.items():  # the records beside the report change with it, and only with it
+        harness.write_export(doc, frames[stem], plan, stem)
+    write_cards(plan, data.white, data.everything, data.checks, data.tests, data.meta, data.date)
     build_index(plan.paths)
     figures = [f for s in page.sections for f in s.figures]
     return Report(folder, written.get("markdown", folder / "report.md"), written.get("html", folder / "report.html"),

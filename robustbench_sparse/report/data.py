@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -34,6 +36,19 @@ class RunData:
     scores: pd.DataFrame  # `stats.compare_noise_scores` against the reference
     checks: pd.DataFrame  # `diagnostics.masking_checks`
     corrupted: pd.DataFrame  # `corruption_table` (empty without MNIST-C cells)
+    # The exports written with the report, by stem ("records", "transfer"): `harness.export_doc`.
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The run's metadata as its records export holds it: the environment that computed the numbers."""
+        return dict(self.exports["records"]["meta"]) if "records" in self.exports else {}
+
+    @property
+    def date(self) -> str:
+        """When the numbers were last exported (ISO 8601): the report's date, a function of its data."""
+        dates = [doc["meta"]["date"] for doc in self.exports.values()]
+        return max(dates, key=dt.datetime.fromisoformat) if dates else ""
 
     @property
     def models(self) -> list[str]:
@@ -68,20 +83,33 @@ class RunData:
 
 
 def load_run(plan: harness.Plan) -> RunData:
-    """Read the plan's stored cells (re-running nothing) and compute the shared statistics."""
+    """Read the plan's stored cells (re-running nothing) and compute the shared statistics. A plan
+    made from the run's exports (`harness.report_plan` without the checkpoints) reads their records."""
     store = harness.open_store(plan.paths, plan.info.name)
     cells = plan.cells()
     moved = transfer_cells(plan) if plan.suite.transfer_cells() else []
-    white = harness.cell_frame(store, cells, plan)
-    moves = harness.cell_frame(store, moved, plan)
-    missing = len({c.key for c in cells + moved} - store.present(c.key for c in cells + moved))
+    recorded = plan.recorded
+    if recorded is None:
+        white = harness.cell_frame(store, cells, plan)
+        moves = harness.cell_frame(store, moved, plan)
+        missing = len({c.key for c in cells + moved} - store.present(c.key for c in cells + moved))
+    else:
+        white = harness.recorded_frame(plan, cells, recorded.records, store)
+        moves = harness.recorded_frame(plan, moved, recorded.transfer, store)
+        missing = len(cells) + len(moved) - len(white) - len(moves)
     if white.empty:
         backend = f" --backend {plan.setup.backend}" if plan.setup.backend else ""
+        if recorded is not None:
+            raise UserError(f"no cell of suite {plan.suite.name!r} is in {recorded.records.path} (the suite changed "
+                            "since its report was written?); train and evaluate its models to rebuild it")
         raise UserError(f"no stored results for run {plan.setup.run_name!r} on {plan.info.name}; run "
                         f"`rbs evaluate --dataset {plan.info.name} --suite {plan.suite.name}{backend}` first")
+    exports = {"records": harness.export_doc(white, plan, "records")}
+    if not moves.empty:
+        exports["transfer"] = harness.export_doc(moves, plan, "transfer")
     everything = (pd.concat([white, moves[moves["source"] != moves["model"]]], ignore_index=True)
                   if not moves.empty else white)
     reference = reference_model(list(dict.fromkeys(white["model"])))
     scores = compare_noise_scores(paper_pixel(accuracies(white[white["source"] == white["model"]])), reference)
     return RunData(plan, white, moves, everything, missing, reference, comparisons(white, everything), scores,
-                   masking_checks(everything, plan.info.num_classes), corruption_table(white, reference))
+                   masking_checks(everything, plan.info.num_classes), corruption_table(white, reference), exports)

@@ -115,12 +115,19 @@ def plot_corruptions(x: torch.Tensor, eval_seed: int, folder: Path) -> list[Path
     return _save(fig, folder / "corruptions")
 
 
+# An SVG names its elements by salted hashes and dates itself; with a fixed salt and no date, a plot
+# of the same numbers is the same file (a rebuilt report is the committed one, byte for byte).
+SVG_SALT = "robustbench-sparse"
+
+
 def _save(fig: Any, stem: Path) -> list[Path]:
     plt, _ = _libraries()
     out = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path, options in zip(out, ({"dpi": 110}, {}), strict=True):
+    for path, options in zip(out, ({"dpi": 110}, {"metadata": {"Date": None}}), strict=True):
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=path.suffix[1:], bbox_inches="tight", **options)
-        atomic_write_bytes(path, buffer.getvalue())
+        with plt.rc_context({"svg.hashsalt": SVG_SALT}):
+            fig.savefig(buffer, format=path.suffix[1:], bbox_inches="tight", **options)
+        if not path.exists() or path.read_bytes() != buffer.getvalue():
+            atomic_write_bytes(path, buffer.getvalue())
     plt.close(fig)
     return out

@@ -28,6 +28,7 @@ class Page:
     title: str
     sections: tuple[Section, ...]
     missing: int  # declared cells with no stored result
+    regime: str = ""  # under the title: which device and compute regime made the numbers
 
 
 @cache
@@ -46,6 +47,7 @@ def templates() -> jinja2.Environment:
 
 def markdown(page: Page, folder: Path) -> str:
     lines = [f"# {page.title}", ""]
+    lines += [f"*{page.regime}*", ""] if page.regime else []
     if page.missing:
         lines += [f"**{page.missing} declared cells have no stored result yet** (run `rbs evaluate` / "
                   "`rbs transfer`); their entries are blank.", ""]
@@ -133,6 +135,7 @@ def latex(page: Page, folder: Path) -> str:
     lines = [r"\documentclass[10pt]{article}", r"\usepackage[utf8]{inputenc}", r"\usepackage[T1]{fontenc}",
              r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\usepackage[margin=2cm]{geometry}",
              r"\begin{document}", f"\\section*{{{tex(page.title)}}}", ""]
+    lines += [f"\\emph{{{tex(page.regime)}}}", ""] if page.regime else []
     if page.missing:
         lines += [f"\\textbf{{{page.missing} declared cells have no stored result yet.}}", ""]
     for section in page.sections:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pandas as pd
 
@@ -26,7 +27,7 @@ from robustbench_sparse.report.tables import (
     worst_case,
 )
 from robustbench_sparse.report.verdict import verdict_section
-from robustbench_sparse.runtime import library_versions
+from robustbench_sparse.runtime import CPU_REGIME, UserError, library_versions
 from robustbench_sparse.zoo.checkpoints import EXTERNAL
 
 SEEDS_NOTE = "; with several training seeds: mean ± std over seeds"
@@ -163,7 +164,11 @@ def differences(data: RunData) -> Section | None:
 def more_plots(data: RunData) -> Section | None:
     made = []
     if not data.corrupted.empty:
-        made += figures.plot_corruptions(data.plan.test_set()[0][:1], data.plan.suite.seed, data.figures_dir)
+        picture = data.plan.test_set()[0][:1]
+        if not len(picture):
+            raise UserError(f"the MNIST-C picture needs a {data.plan.info.name} test image, and the dataset is not "
+                            "here (the rest of the report is rebuilt from its records)")
+        made += figures.plot_corruptions(picture, data.plan.suite.seed, data.figures_dir)
     if not data.moves.empty:
         made += figures.plot_transfer(data.moves, data.figures_dir)
     return Section("more-plots", "More plots", figures=tuple(made)) if made else None
@@ -188,13 +193,34 @@ def attack_mode(suite: Suite) -> str:
     return "; ".join(parts) or "every attack runs in full"
 
 
+def regime_line(meta: dict[str, Any]) -> str:
+    """Under the title: the device and compute regime that made the numbers (docs/reproducibility.md),
+    so a reader knows whether a rerun elsewhere must give them bit for bit."""
+    device, regime = str(meta.get("device", "cpu")), meta.get("regime")
+    if "cuda" in device:
+        return (f"Computed on CUDA ({device}): GPU kernels are not bit-for-bit reproducible, so a rerun agrees "
+                "within seed noise, not bit for bit.")
+    if not regime:
+        return ("Computed before the portable CPU regime: these checkpoints and numbers depend on the machine "
+                "that made them (a rerun elsewhere retrains other weights); see docs/reproducibility.md.")
+    if regime.get("name") == CPU_REGIME:
+        return (f"Computed on the CPU in the portable regime {CPU_REGIME} (one thread per task, AVX2 kernels, "
+                "MKL's compatible branch): a rerun on any x86-64 CPU with AVX2 gives these numbers bit for bit.")
+    why = regime.get("not_portable") or "RBS_CPU_REGIME=native"
+    return f"Computed on the CPU in a machine-dependent regime ({why}): a rerun elsewhere may differ."
+
+
 def provenance(data: RunData) -> Section:
-    plan = data.plan
+    """Where the numbers come from. The date, versions and code are those the run's records export
+    holds (those that computed the numbers), so that a report rebuilt from them is the same."""
+    plan, meta = data.plan, data.meta
+    date = dt.datetime.fromisoformat(data.date) if data.date else dt.datetime.now(dt.UTC)
+    versions = meta.get("versions") or library_versions()
     hashes = ", ".join(f"{m} (seed {s}): `{h[:12]}`" for (m, s), h in plan.checkpoints.items())
     brought = [s for s in plan.specs if s.family == EXTERNAL]
     facts = (
         ("dataset", f"{plan.info.name} ({plan.info.description})"),
-        ("split", plan.data.split),
+        ("split", meta.get("split", plan.data.split)),
         ("test images", str(plan.n)),
         ("test-set fingerprint (SHA-256)", f"`{plan.fingerprint[:16]}`"),
         ("suite", f"{plan.suite.name}: {plan.suite.description}"),
@@ -202,14 +228,22 @@ def provenance(data: RunData) -> Section:
         ("attack mode", attack_mode(plan.suite)),
         ("training seeds", ", ".join(map(str, plan.seeds))),
         ("evaluation seed", str(plan.suite.seed)),
-        ("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
-        ("versions", ", ".join(f"{k} {v}" for k, v in library_versions().items())),
-        ("perturbation code (SHA-256)", f"`{environment()['code']}`"),
+        ("date", date.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+        ("compute regime", _regime_fact(meta)),
+        ("perturbation code (SHA-256)", f"`{meta.get('code') or environment()['code']}`"),
         ("checkpoints (SHA-256)", hashes),
         *([("models brought as objects", "; ".join(f"{s.name}: {s.description}" for s in brought))] if brought else []),
         *([("notes", "; ".join(plan.setup.notes))] if plan.setup.notes else []),
     )
     return Section("provenance", "Provenance", facts=facts)
+
+
+def _regime_fact(meta: dict[str, Any]) -> str:
+    regime = meta.get("regime")
+    if not regime:
+        return "not recorded (made before the portable regime)"
+    return ", ".join(f"{k} {v}" for k, v in regime.items())
 
 
 # The page, top to bottom. A section of one's own: register_section(name, fn) puts it before provenance.

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,16 @@ import torch
 from tqdm.auto import tqdm
 
 from robustbench_sparse.data.datasets import Dataset, DatasetInfo, dataset_info, default_data_root, load_dataset
-from robustbench_sparse.evaluation.cells import COLUMNS, Cell, Job, environment, make_record, test_fingerprint
+from robustbench_sparse.evaluation.cells import (
+    COLUMNS,
+    NUMBER_LIBRARIES,
+    Cell,
+    Job,
+    environment,
+    environment_id,
+    make_record,
+    test_fingerprint,
+)
 from robustbench_sparse.evaluation.suites import Suite, TransferPlan, load_suite
 from robustbench_sparse.execution.cache import ArtifactStore
 from robustbench_sparse.execution.executor import Executor, Workspace, cells_by_set
@@ -36,6 +47,7 @@ from robustbench_sparse.runtime import (
     Paths,
     UserError,
     atomic_write_text,
+    compute_regime,
     library_versions,
     progress_disabled,
     resolve_device,
@@ -88,7 +100,19 @@ class Setup:
 
     @property
     def folder(self) -> Path:
-        return self.paths.reports(self.info.name) / self.run_name
+        """reports/<dataset>/<run>[-seeds...]/: named by what it ran, so a run of other seeds never
+        lands on another's report (seed 0 alone, the default, adds nothing)."""
+        return self.paths.reports(self.info.name) / (self.run_name + seeds_suffix(self.seeds))
+
+
+def seeds_suffix(seeds: Iterable[int]) -> str:
+    """"" for seed 0 alone; "-seeds0-4" for a range; "-seeds0_2_7" otherwise."""
+    seeds = sorted(seeds)
+    if seeds in ([], [0]):
+        return ""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"-seeds{seeds[0]}-{seeds[-1]}"
+    return "-seeds" + "_".join(map(str, seeds))
 
 
 def _restrict_ensemble(suite: Suite, names: list[str]) -> tuple[Suite, list[str]]:
@@ -106,17 +130,30 @@ def _restrict_ensemble(suite: Suite, names: list[str]) -> tuple[Suite, list[str]
     return replace(suite, transfer=TransferPlan(suite.transfer.evaluations, suite.transfer.strengths, kept)), [note]
 
 
+def _suites(request: RunRequest) -> tuple[Paths, DatasetInfo, Suite, Suite]:
+    """The request's home, dataset, suite as written and suite as run (with its backend)."""
+    paths = Paths(request.home) if request.home else Paths.default()
+    info = dataset_info(request.dataset or "")
+    own = load_suite(paths, request.suite or "", info)
+    return paths, info, own, with_backend(own, request.backend)
+
+
+def run_folder(*args: Any, **given: Any) -> Path:
+    """reports/<dataset>/<run>/ of a request, found without checking its models or seeds."""
+    request = RunRequest.of(*args, **given).resolved()
+    paths, info, own, the_suite = _suites(request)
+    backend = request.backend if request.backend is not None and the_suite.evaluations != own.evaluations else None
+    return Setup(paths, info, the_suite, [], list(request.seeds), torch.device("cpu"), backend).folder
+
+
 def prepare(*args: Any, **given: Any) -> Setup:
     """Check a run's input (a `RunRequest` or its fields); a UserError names what is wrong and
     the valid values."""
     request = RunRequest.of(*args, **given).resolved()
-    dataset, suite, backend, device = request.dataset, request.suite, request.backend, request.device
+    dataset, backend, device = request.dataset, request.backend, request.device
     models = None if request.models is None else list(request.models)
     seeds = request.seeds
-    paths = Paths(request.home) if request.home else Paths.default()
-    info = dataset_info(dataset)
-    own = load_suite(paths, suite, info)
-    the_suite = with_backend(own, backend)
+    paths, info, own, the_suite = _suites(request)
     zoo = load_zoo(paths.zoo_spec)
     declared = [name for name, by_dataset in zoo.items() if dataset in by_dataset]
     if models is None and own.models:
@@ -140,12 +177,87 @@ def prepare(*args: Any, **given: Any) -> Setup:
 
 
 @dataclass(frozen=True)
+class Export:
+    """A run's export beside its report (`reports/<dataset>/<run>/records.json` or `transfer.json`):
+    the run's metadata and its records. Exports written before records carried their keys and
+    per-image flags hold neither (`complete` is False)."""
+
+    path: Path
+    meta: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every record is whole (key and per-image flags): what a result store holds."""
+        return all(r.get("key") and r.get("flags") for r in self.records)
+
+    @property
+    def env(self) -> str:
+        """The environment id in the keys of its records (the libraries, code and regime that made
+        them); for an export without keys, the id its metadata gives (`environment_id_of`)."""
+        if not self.complete:
+            return environment_id_of(self.meta["versions"], self.meta["code"])
+        envs = {key_environment(r["key"]) for r in self.records}
+        if len(envs) != 1:
+            raise UserError(f"{self.path} mixes records of {len(envs)} environments: not one run's export")
+        return envs.pop()
+
+    @property
+    def checkpoints(self) -> dict[tuple[str, int], str]:
+        """(model, seed) -> checkpoint SHA-256, as the run recorded them."""
+        out = {}
+        for name, sha in self.meta.get("checkpoints", {}).items():
+            model, _, seed = name.rpartition("/seed")
+            out[(model, int(seed))] = sha
+        return out
+
+
+def read_export(path: Path) -> Export | None:
+    """The export at `path` (None when there is none); a UserError when it is not one."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        export = Export(path, dict(doc["meta"]), list(doc["records"]))
+        export.env  # noqa: B018  (its keys or metadata name the environment)
+        export.checkpoints  # noqa: B018
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise UserError(f"{path} is not a records export ({type(err).__name__}: {err})") from None
+    return export
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The exports a plan was made from when its checkpoints are not here (`report_plan`): its
+    checkpoints, test set and numbers are theirs."""
+
+    records: Export
+    transfer: Export | None = None
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m for m, _ in self.records.checkpoints))
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.records.meta["seeds"])
+
+
+def read_recorded(folder: Path) -> Recorded | None:
+    """The records.json (and transfer.json) beside the report in `folder`, None without records.json."""
+    records = read_export(folder / "records.json")
+    return None if records is None else Recorded(records, read_export(folder / "transfer.json"))
+
+
+@dataclass(frozen=True)
 class Plan:
-    """A checked run with its trained checkpoints and test set: what `run_cells` executes."""
+    """A checked run with its trained checkpoints and test set: what `run_cells` executes. A plan
+    made from a run's exports (`recorded`) only reports: its models may not be here."""
 
     setup: Setup
     data: Dataset
     checkpoints: dict[tuple[str, int], str]
+    recorded: Recorded | None = None
 
     paths = property(lambda self: self.setup.paths)
     suite = property(lambda self: self.setup.suite)
@@ -157,6 +269,8 @@ class Plan:
 
     @property
     def n(self) -> int:
+        if self.recorded is not None:
+            return int(self.recorded.records.meta["test_size"])
         size = len(self.data.test_x)
         return size if self.suite.test_size is None else min(self.suite.test_size, size)
 
@@ -167,6 +281,8 @@ class Plan:
     @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 of the n test images and labels."""
+        if self.recorded is not None:
+            return str(self.recorded.records.meta["test_fingerprint"])
         return test_fingerprint(*self.test_set())
 
     def cell(self, model: str, seed: int, evaluation: Any, strength: float, source: str = "",
@@ -200,15 +316,10 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
                     checkpoints[(spec.name, seed)] = setup.external[(spec.name, seed)][0]
                 continue
             status = checkpoint_status(setup.paths, spec, dataset, seed)
+            if status == "corrupt":
+                checkpoint_bytes(setup.paths, spec, setup.info, seed)  # raises, naming the file and the cure
             if status != "trained":
-                # name the models: `rbs train` alone trains only those selected by default
-                zoo = [s.name for s in setup.specs if s.family != EXTERNAL]
-                suite = "" if setup.suite.name == "standard" else f" --suite {setup.suite.name}"
-                raise UserError(
-                    f"{spec.name} (seed {seed}) on {dataset} is {status}: run "
-                    f"`rbs train --dataset {dataset} --models {','.join(zoo)} --seeds {seed}` first "
-                    f"(or `rbs benchmark{suite}`)"
-                )
+                raise UserError(f"{spec.name} (seed {seed}) on {dataset} is {status}: run {_train_first(setup, seed)}")
             manifest = read_manifest(setup.paths, dataset, spec.name, seed)
             assert manifest is not None
             checkpoints[(spec.name, seed)] = manifest.sha256
@@ -216,10 +327,74 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
     return Plan(setup, data, checkpoints)
 
 
+def _train_first(setup: Setup, seed: int) -> str:
+    # name the models: `rbs train` alone trains only those selected by default
+    zoo = [s.name for s in setup.specs if s.family != EXTERNAL]
+    suite = "" if setup.suite.name == "standard" else f" --suite {setup.suite.name}"
+    return (f"`rbs train --dataset {setup.info.name} --models {','.join(zoo)} --seeds {seed}` first "
+            f"(or `rbs benchmark{suite}`)")
+
+
 def plan(*args: Any, **given: Any) -> Plan:
     """The checked setup of a `RunRequest` (or its fields) with its checkpoints and test set."""
     request = RunRequest.of(*args, **given)
     return plan_from(prepare(request), request.data_root, request.download)
+
+
+def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Plan:
+    """The plan a report is built on (a `RunRequest` or its fields). With every model of the run
+    trained here: `plan`, its numbers read from the store. Otherwise the run's export beside its
+    report (records.json, transfer.json) gives the checkpoint hashes, the test set's size and
+    fingerprint and the numbers: a committed report rebuilds in a clone that has neither the
+    checkpoints nor the store. Models not named (and, with `seeds_as_recorded`, the seeds) are
+    those the export records, so that `rbs report` rebuilds the report as it is."""
+    request = RunRequest.of(*args, **given).resolved()
+    recorded = read_recorded(run_folder(request))
+    if recorded is not None:
+        request = replace(request, models=request.models or recorded.models,
+                          seeds=recorded.seeds if seeds_as_recorded else request.seeds)
+    setup = prepare(request)
+    dataset = setup.info.name
+    absent = [(spec, seed, status) for seed in setup.seeds for spec in setup.specs if spec.family != EXTERNAL
+              for status in [checkpoint_status(setup.paths, spec, dataset, seed)] if status != "trained"]
+    if not absent:
+        return plan_from(setup, request.data_root, request.download)
+    spec, seed, status = absent[0]
+    if recorded is None:
+        raise UserError(f"{spec.name} (seed {seed}) on {dataset} is {status}: run {_train_first(setup, seed)} (a "
+                        f"report is rebuilt without its checkpoints only from the records.json beside it, in "
+                        f"{setup.folder})")
+    checkpoints = recorded.records.checkpoints
+    lacking = [(s, n) for n in setup.seeds for s in setup.specs
+               if s.family != EXTERNAL and (s.name, n) not in checkpoints]
+    if lacking:
+        name, n = lacking[0][0].name, lacking[0][1]
+        raise UserError(f"{spec.name} (seed {seed}) on {dataset} is {status} here, and {recorded.records.path} does "
+                        f"not record {name} (seed {n}) (it records {', '.join(recorded.models)}, seeds "
+                        f"{', '.join(map(str, recorded.seeds))}): run {_train_first(setup, n)}")
+    meta = recorded.records.meta
+    if setup.suite.test_size is not None and int(meta["test_size"]) != setup.suite.test_size:
+        raise UserError(f"suite {setup.suite.name!r} evaluates {setup.suite.test_size} test images, but "
+                        f"{recorded.records.path} records {meta['test_size']}: the suite changed since its report "
+                        f"was written; run {_train_first(setup, seed)}, then `rbs evaluate`")
+    data = _recorded_data(setup, meta, request.data_root, request.download)
+    made = Plan(setup, data, {(s.name, n): checkpoints[(s.name, n)] for n in setup.seeds for s in setup.specs
+                              if s.family != EXTERNAL}, recorded)
+    if len(data.test_x) and test_fingerprint(data.test_x[: made.n], data.test_y[: made.n]) != made.fingerprint:
+        raise UserError(f"the {dataset} test images here are not those {recorded.records.path} was computed on "
+                        "(another split or data file): its report cannot be rebuilt from it here")
+    return made
+
+
+def _recorded_data(setup: Setup, meta: dict[str, Any], data_root: Path | str | None, download: bool) -> Dataset:
+    """The dataset when it is here (then checked against the records' fingerprint), else a stand-in
+    without images: rebuilding a report from its records needs no image but MNIST-C's picture."""
+    try:
+        return load_dataset(setup.info.name, Path(data_root) if data_root else default_data_root(), download)
+    except UserError:
+        empty = torch.zeros((0, *setup.info.shape))
+        labels = torch.zeros(0, dtype=torch.int64)
+        return Dataset(setup.info, empty, labels, empty, labels, source="not here", split=str(meta["split"]))
 
 
 def store_path(paths: Paths, dataset: str) -> Path:
@@ -309,6 +484,9 @@ def run_cells(
     desc: str = "cells",
 ) -> pd.DataFrame:
     """Run the cells not already stored; return all their records (in the cells' order)."""
+    if plan.recorded is not None:
+        raise UserError(f"this run's checkpoints are not here (its plan comes from {plan.recorded.records.path}): "
+                        "nothing can be evaluated")
     store = store or open_store(plan.paths, plan.info.name)
     with open_executor(executor) as runner:  # one made here ends here; one given stays the caller's
         execute(cells_by_set(cells), store, runner, workspace(plan, cache), desc)
@@ -320,11 +498,94 @@ def cell_frame(store: ResultStore, cells: list[Cell], plan: Plan) -> pd.DataFram
     """The stored records of `cells`, in their order, labelled as this run names them (a record
     may have been stored by another suite that names the same evaluation differently)."""
     found = store.records(c.key for c in cells)
-    rows = [{**found[c.key], "evaluation": c.evaluation.name, "param": c.evaluation.param,
-             "batch_size": c.batch_size, "source": c.crafted_on[0]} for c in cells if c.key in found]
+    return _labelled([(c, found[c.key]) for c in cells if c.key in found], plan)
+
+
+def _labelled(found: list[tuple[Cell, dict[str, Any]]], plan: Plan) -> pd.DataFrame:
+    rows = [{**record, "evaluation": c.evaluation.name, "param": c.evaluation.param, "batch_size": c.batch_size,
+             "source": c.crafted_on[0]} for c, record in found]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame.insert(len(frame.columns) - 2, "suite", plan.setup.run_name)
     return frame
+
+
+# What a record's number is: two records of one key must agree on these (`same_numbers`); its
+# accuracy is correct / n.
+NUMBER_FIELDS = ("n", "correct", "flags")
+
+
+def same_numbers(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two records of one key hold the same numbers (their dates, timings, devices and
+    labels may differ). A field only one of them has (a legacy export has no flags) is not compared."""
+    return all(a.get(name) is None or b.get(name) is None or a[name] == b[name] for name in NUMBER_FIELDS)
+
+
+def environment_id_of(versions: Mapping[str, str], code: str) -> str:
+    """The environment id of an export written before records carried their keys, from the library
+    and code versions its metadata records: `cells.environment_id` as it was then (before the
+    environment named a compute regime). Exports with keys are read from their keys."""
+    env = {**{k: versions[k] for k in NUMBER_LIBRARIES}, "code": code}
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_KEY_ENV = re.compile(r"\|env=([0-9a-f]+)")
+
+
+def key_environment(key: str) -> str:
+    """The environment id a cell key names (`|env=<id>`)."""
+    found = _KEY_ENV.search(key)
+    if found is None:
+        raise ValueError(f"a cell key names its environment: {key}")
+    return found.group(1)
+
+
+def key_in(cell: Cell, env: str) -> str:
+    """The cell's key as the environment `env` (an `environment_id`) keyed it: the key names the
+    environment once, as `|env=<id>`."""
+    here = f"|env={environment_id()}"
+    key = cell.key
+    if env == environment_id():
+        return key
+    if key.count(here) != 1:
+        raise AssertionError(f"a cell key names its environment once: {key}")
+    return key.replace(here, f"|env={env}")
+
+
+def _legacy_identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (record["model"], int(record["seed"]), record["source"], record["spec"], record["checkpoint"],
+            int(record["n"]), int(record["eval_seed"]), int(record["batch_size"]))
+
+
+def recorded_frame(plan: Plan, cells: list[Cell], export: Export | None, store: ResultStore) -> pd.DataFrame:
+    """The records of `cells` for a plan made from its exports, in the cells' order: keyed as the
+    export's environment keyed them, from the export, else from the store (where `rbs import` puts
+    records). A key whose numbers differ between the two is refused. A record of an export that
+    predates keys is matched by what identifies its cell (model, seed, source, spec, checkpoint,
+    test size, seeds and batch size)."""
+    env = export.env if export is not None else environment_id()
+    keys = [key_in(c, env) for c in cells]
+    committed: dict[str, dict[str, Any]] = {}
+    if export is not None and export.complete:
+        committed = {r["key"]: {k: v for k, v in r.items() if k != "suite"} for r in export.records}
+    elif export is not None:
+        by_identity = {_legacy_identity(r): r for r in export.records}
+        for c, key in zip(cells, keys, strict=True):
+            identity = (c.model, c.seed, c.crafted_on[0], c.spec, c.checkpoint, c.n, c.eval_seed, c.batch_size)
+            if identity in by_identity:
+                committed[key] = {**{k: v for k, v in by_identity[identity].items() if k != "suite"},
+                                  "key": None, "flags": None, "versions": None}
+    stored = store.records(k for k in keys if k not in committed or not committed[k].get("flags"))
+    found = []
+    for c, key in zip(cells, keys, strict=True):
+        mine, theirs = committed.get(key), stored.get(key)
+        if mine is not None and theirs is not None and not same_numbers(mine, theirs):
+            raise UserError(f"{c.model} (seed {c.seed}) {c.spec}: {export.path if export else 'the export'} and "
+                            f"{store.path} hold different numbers for {key}")
+        record = mine if mine is not None and (mine.get("flags") or theirs is None) else theirs
+        if record is not None:
+            n = int(record["n"])  # an export rounds the accuracy to 10 digits: it is correct / n
+            found.append((c, {**record, "accuracy": int(record["correct"]) / n if n else float("nan")}))
+    return _labelled(found, plan)
 
 
 def run(
@@ -334,16 +595,58 @@ def run(
     return run_cells(plan, plan.cells(), store, cache, executor)
 
 
-def export(frame: pd.DataFrame, plan: Plan, stem: str) -> tuple[Path, Path]:
-    """CSV and JSON (records plus the run's metadata) under reports/<dataset>/<suite>[@backend]/."""
-    folder = plan.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    table = frame.drop(columns=["flags", "key", "versions"])
-    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    atomic_write_text(csv_path, table.to_csv(index=False))
-    doc = {"meta": run_metadata(plan), "records": json.loads(table.to_json(orient="records"))}
-    atomic_write_text(json_path, json.dumps(doc, indent=1) + "\n")
+def export_doc(frame: pd.DataFrame, plan: Plan, stem: str) -> dict[str, Any]:
+    """The run's export `stem`.json (the run's metadata and its records, whole: keys and per-image
+    flags, so that a report rebuilds from it and `rbs import` merges it). The export already beside
+    the report is kept as it is, its date too, when its records are the same and so is its
+    metadata but for the date: a report rebuilt from unchanged numbers is unchanged."""
+    old = read_export(plan.folder / f"{stem}.json")
+    records = json.loads(frame.to_json(orient="records"))
+    if plan.recorded is not None:  # the numbers of the export's environment, not of this one's
+        base = old or plan.recorded.records
+        meta = dict(base.meta)
+    else:
+        meta = run_metadata(plan)
+    if not frame.empty:  # where the numbers were computed (a report itself runs on the CPU)
+        meta["device"] = ", ".join(sorted(set(frame["device"])))
+    def undated(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in m.items() if k != "date"}
+
+    if old is not None and _same_records(old.records, records) and (
+            plan.recorded is not None or undated(old.meta) == undated(meta)):
+        return {"meta": old.meta, "records": old.records}
+    meta["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return {"meta": meta, "records": records}
+
+
+def _same_records(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:
+    """Whether an export's records are `new`; a field the old export lacks (keys and flags, before
+    exports carried them) counts only where the new record has a value for it."""
+    if len(old) != len(new):
+        return False
+    for o, n in zip(old, new, strict=True):
+        if any(v is not None for k, v in n.items() if k not in o) or {k: n.get(k) for k in o} != o:
+            return False
+    return True
+
+
+def write_export(doc: dict[str, Any], frame: pd.DataFrame, plan: Plan, stem: str) -> tuple[Path, Path]:
+    """`stem`.json (`export_doc`) and `stem`.csv (the records as a table, without keys and flags)
+    beside the report; files whose content is unchanged are not touched."""
+    csv_path, json_path = plan.folder / f"{stem}.csv", plan.folder / f"{stem}.json"
+    text = json.dumps(doc, indent=1) + "\n"
+    unchanged = json_path.exists() and json_path.read_text(encoding="utf-8") == text
+    if not unchanged:
+        atomic_write_text(json_path, text)
+    if not unchanged or not csv_path.exists():
+        atomic_write_text(csv_path, frame.drop(columns=["flags", "key", "versions"]).to_csv(index=False))
     return csv_path, json_path
+
+
+def export(frame: pd.DataFrame, plan: Plan, stem: str) -> tuple[Path, Path]:
+    """CSV and JSON (records plus the run's metadata) under reports/<dataset>/<suite>[@backend]/.
+    `build_report` writes them with the report; evaluating alone writes none."""
+    return write_export(export_doc(frame, plan, stem), frame, plan, stem)
 
 
 def suite_file(plan: Plan) -> str:
@@ -374,6 +677,7 @@ def run_metadata(plan: Plan) -> dict[str, Any]:
         "checkpoints": {f"{m}/seed{s}": h for (m, s), h in plan.checkpoints.items()},
         "versions": library_versions(),
         "code": environment()["code"],
+        "regime": compute_regime(),
         "notes": list(plan.setup.notes),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -383,11 +687,10 @@ def evaluate(*args: Any, **given: Any) -> pd.DataFrame:
     """Run a suite against trained zoo models (a `RunRequest` or its fields); the long-form records
     as a DataFrame.
 
-    Finished cells are reused; results are also exported to reports/<dataset>/<run>/records.{csv,json}.
+    Finished cells are reused. The records go to the store only: the export beside the run's report
+    (reports/<dataset>/<run>/records.{csv,json}) is written with the report (`build_report`).
     """
     request = RunRequest.of(*args, **given)
     the_plan = plan(request)
     with request.open_executor() as runner:
-        frame = run(the_plan, executor=runner)
-    export(frame, the_plan, "records")
-    return frame
+        return run(the_plan, executor=runner)

@@ -36,7 +36,7 @@ class RunRequest:
     download: bool = False  # let torchvision download a missing dataset
     executor: Any = "local"  # a registered executor name, or an executor object (then the caller closes it)
     address: str | None = None  # a Ray cluster to join (executor "ray")
-    workers: int | None = None  # CPUs of a private Ray (executor "ray")
+    workers: int | None = None  # worker processes (local) or CPUs of a private Ray (ray)
 
     def __post_init__(self) -> None:
         if isinstance(self.models, str):

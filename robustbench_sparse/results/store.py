@@ -13,6 +13,10 @@ its key is new: a cell is never stored twice.
 SQLite's WAL mode needs a local filesystem; processes on several machines share work through an
 executor (Ray) rather than a network folder. A readable copy of the records (`results.jsonl`,
 one JSON object per line) is written beside the database after each run.
+
+A store that cannot be used (not an SQLite database, damaged, locked past the timeout, unreadable)
+is a `UserError` that names the file and the way out; the file is left as it is, never removed:
+its records may still be salvaged, and another process may be using it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import socket
 import sqlite3
 import threading
@@ -32,7 +37,8 @@ from typing import Any
 import pandas as pd
 
 from robustbench_sparse.evaluation.cells import COLUMNS
-from robustbench_sparse.runtime import atomic_write_text
+from robustbench_sparse.runtime import UserError, atomic_write_text
+from robustbench_sparse.zoo.checkpoints import aside_name
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, record TEXT NOT NULL);
@@ -42,6 +48,14 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 """
 _CHUNK = 500  # keys per SELECT (SQLite's limit on host parameters is 32766)
+BUSY_TIMEOUT = 120.0  # seconds a statement waits for another process's write lock before giving up
+_WAL_FILES = ("-wal", "-shm")  # SQLite's companions of a WAL database, named after it
+
+# SQLite's primary result codes (an extended code's low byte) that are the store's fault, not a bug.
+_LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_DAMAGED = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
+_UNUSABLE = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+             sqlite3.SQLITE_FULL, sqlite3.SQLITE_AUTH, sqlite3.SQLITE_NOLFS}
 
 
 def _host_identity() -> str:
@@ -65,12 +79,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 class ResultStore:
-    """Finished cells, keyed by cell key; leases on jobs being computed."""
+    """Finished cells, keyed by cell key; leases on jobs being computed.
 
-    def __init__(self, path: Path, lease_seconds: float = 60.0) -> None:
+    `timeout`: seconds a statement waits while another process writes, before the store is
+    reported as locked."""
+
+    def __init__(self, path: Path, lease_seconds: float = 60.0, timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lease_seconds = lease_seconds
+        self.timeout = timeout
         self.host = _host_identity()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held: set[str] = set()
@@ -82,13 +100,66 @@ class ResultStore:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        with self._faults():
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # a committed record survives a power cut
+                yield db
+            finally:
+                db.close()
+
+    @contextlib.contextmanager
+    def _faults(self) -> Iterator[None]:
+        """An SQLite error that is the file's fault (on connecting, on the first statement or on
+        any later one) raised as a UserError saying how to recover; any other raised as it is."""
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a committed record survives a power cut
-            yield db
-        finally:
-            db.close()
+            yield
+        except sqlite3.Error as err:
+            fault = self._fault(err)
+            if fault is None:
+                raise
+            raise fault from err
+
+    def _fault(self, err: sqlite3.Error) -> UserError | None:
+        """The UserError for an error caused by the store's file (or another process holding it);
+        None for any other error (a bug, such as bad SQL), which is raised as it is."""
+        code = getattr(err, "sqlite_errorcode", None)
+        primary = None if code is None else code & 0xFF
+        where = f"the result store {self.path}"
+        if primary in _LOCKED:
+            return UserError(
+                f"{where} is locked by another process (still busy after waiting {self.timeout:g} s: {err}): "
+                f"wait for it to finish or stop it, then rerun; `fuser -v {shlex.quote(str(self.path))}` "
+                "lists the processes using it"
+            )
+        if primary in _DAMAGED:
+            return UserError(f"{where} is not an SQLite database, or is damaged ({err}); {self._recovery()}")
+        if primary in _UNUSABLE:
+            return UserError(
+                f"{where} cannot be opened, read or written ({err}): check that it is a file, that its "
+                "folder is writable and that the disk has space, then rerun"
+            )
+        return None
+
+    def _recovery(self) -> str:
+        """How to recover from a damaged store: move it (and its WAL files) aside, rerun, and
+        optionally import the last export. Moving is left to the user: another process may have the
+        file open, and the damage may be repairable, so the file is never touched here."""
+        aside = aside_name(self.path)
+        moves = [(self.path, aside)] + [
+            (self.path.with_name(self.path.name + s), aside.with_name(aside.name + s))
+            for s in _WAL_FILES if self.path.with_name(self.path.name + s).exists()
+        ]
+        move = " && ".join(f"mv {shlex.quote(str(a))} {shlex.quote(str(b))}" for a, b in moves)
+        text = f"it was left as it is. Move it aside with `{move}` and rerun: the cells it held are computed again"
+        export = self.path.with_suffix(".jsonl")
+        if export.exists():
+            code = (f"from robustbench_sparse.results.store import ResultStore; "
+                    f"print(ResultStore({json.dumps(str(self.path))}).import_jsonl({json.dumps(str(export))}))")
+            text += (f". To reuse the records of the last finished run instead, import its copy {export} after "
+                     f"moving the store aside: `python -c {shlex.quote(code)}`")
+        return text
 
     # --- results ---------------------------------------------------------------------------
 
@@ -145,6 +216,13 @@ class ResultStore:
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         return path
 
+    def import_jsonl(self, path: Path | None = None) -> int:
+        """Insert the records of an export (`export_jsonl`) whose key is new, e.g. into a fresh
+        store after a damaged one was moved aside; returns how many were new."""
+        path = Path(path) if path else self.path.with_suffix(".jsonl")
+        with open(path) as f:
+            return self.add(json.loads(line) for line in f if line.strip())
+
     # --- leases ----------------------------------------------------------------------------
 
     def claim(self, key: str) -> bool:
@@ -195,7 +273,7 @@ class ResultStore:
             if not held:
                 continue
             expires = time.time() + self.lease_seconds
-            with contextlib.suppress(sqlite3.Error), self._connect() as db:
+            with contextlib.suppress(sqlite3.Error, UserError), self._connect() as db:
                 db.executemany("UPDATE leases SET expires = ? WHERE key = ? AND owner = ?",
                                [(expires, k, self.owner) for k in held])
 

@@ -64,13 +64,12 @@ def run_transfer(
 
 def transfer(*args: Any, **given: Any) -> pd.DataFrame:
     """Run the suite's transfer attacks (a `RunRequest` or its fields); long-form records with
-    `source` and `model` (= target)."""
+    `source` and `model` (= target). They go to the store only: the export beside the run's report
+    (transfer.{csv,json}) is written with the report."""
     request = RunRequest.of(*args, **given)
     plan = harness.plan(request)
     with request.open_executor() as runner:
-        frame = run_transfer(plan, executor=runner)
-    harness.export(frame, plan, "transfer")
-    return frame
+        return run_transfer(plan, executor=runner)
 
 
 def transfer_matrix(frame: pd.DataFrame, evaluation: str, strength: float) -> pd.DataFrame:

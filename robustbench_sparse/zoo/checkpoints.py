@@ -2,6 +2,10 @@
 
 The manifest (JSON) is written last and is the commit point: a checkpoint exists when its manifest
 does, and loading checks the weights' SHA-256 and the spec's config hash before trusting them.
+
+A damaged checkpoint is a UserError naming the file and the command that retrains it; the file is
+left in place, and retraining moves damaged files aside (`<name>.damaged`) rather than replacing
+them, so nothing that might explain the damage is lost.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import pickle
+import shlex
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,6 +32,7 @@ from robustbench_sparse.runtime import (
     UserError,
     atomic_write_bytes,
     atomic_write_text,
+    compute_regime,
     library_versions,
     sha256_file,
 )
@@ -50,6 +58,7 @@ class Manifest:
     device: str
     versions: dict[str, str]
     val_accuracy: float | None = None  # on the dataset's validation split, where it has one
+    regime: dict[str, Any] | None = None  # the CPU regime it was trained in (runtime.compute_regime)
 
     @property
     def short_hash(self) -> str:
@@ -58,6 +67,26 @@ class Manifest:
 
 def _stem(model: str, seed: int) -> str:
     return f"{model}-seed{seed}"
+
+
+def aside_name(path: Path, suffix: str = ".damaged") -> Path:
+    """Where a damaged file is moved aside: `path` with `suffix` appended, numbered when that name
+    is taken, so that an earlier damaged copy is kept too."""
+    candidate, n = path.with_name(path.name + suffix), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}{suffix}{n}")
+    return candidate
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as a short single line (torch's errors span lines and can list every key)."""
+    return textwrap.shorten(f"{type(err).__name__}: {err}", 200, placeholder=" ...")
+
+
+def _retrain(dataset: str, model: str, seed: int | None) -> str:
+    seeds = "" if seed is None else f" --seeds {seed}"
+    return f"`rbs train --dataset {dataset} --models {model}{seeds} --force`"
 
 
 def manifest_path(paths: Paths, dataset: str, model: str, seed: int) -> Path:
@@ -70,8 +99,11 @@ def read_manifest(paths: Paths, dataset: str, model: str, seed: int) -> Manifest
         return None
     try:
         return Manifest(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise UserError(f"checkpoint manifest {path} is unreadable ({err}); retrain with --force") from err
+    except (OSError, ValueError, TypeError) as err:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise UserError(
+            f"checkpoint manifest {path} is unreadable ({_one_line(err)}); it was left in place. Retrain it with "
+            f"{_retrain(dataset, model, seed)}, which moves it aside to {aside_name(path).name}"
+        ) from err
 
 
 def checkpoint_status(paths: Paths, spec: ModelSpec, dataset: str, seed: int) -> Status:
@@ -86,9 +118,30 @@ def checkpoint_status(paths: Paths, spec: ModelSpec, dataset: str, seed: int) ->
     weights = paths.checkpoints(dataset) / manifest.weights_file
     if not weights.exists():
         return "missing"
-    if sha256_file(weights) != manifest.sha256:
-        return "corrupt"
-    return "trained"
+    try:
+        intact = sha256_file(weights) == manifest.sha256
+    except OSError:  # unreadable: as good as damaged, and retraining sets it aside
+        intact = False
+    return "trained" if intact else "corrupt"
+
+
+def _set_aside_damaged(paths: Paths, dataset: str, model: str, seed: int) -> None:
+    """Before a checkpoint is written: move aside (never delete, never overwrite) its damaged
+    files, the weights whose SHA-256 does not match the hash in their name and a manifest that
+    cannot be read. Intact superseded weights are removed after the new manifest is written."""
+    stem = _stem(model, seed)
+    for weights in paths.checkpoints(dataset).glob(f"{stem}-*.pt"):
+        try:
+            intact = sha256_file(weights).startswith(weights.stem.removeprefix(f"{stem}-"))
+        except OSError:
+            intact = False
+        if not intact:
+            weights.rename(aside_name(weights))
+    try:
+        read_manifest(paths, dataset, model, seed)
+    except UserError:
+        where = manifest_path(paths, dataset, model, seed)
+        where.rename(aside_name(where))
 
 
 def save_checkpoint(
@@ -111,6 +164,7 @@ def save_checkpoint(
     digest = hashlib.sha256(data).hexdigest()
     folder = paths.checkpoints(dataset)
     weights_file = f"{_stem(spec.name, seed)}-{digest[:12]}.pt"
+    _set_aside_damaged(paths, dataset, spec.name, seed)
     atomic_write_bytes(folder / weights_file, data)
     manifest = Manifest(
         model=spec.name,
@@ -127,6 +181,8 @@ def save_checkpoint(
         train_seconds=round(train_seconds, 2),
         device=device,
         versions=library_versions(),
+        regime=compute_regime() if not device.startswith("cuda") else {"name": "cuda", "note": "CUDA kernels are not bit-for-bit "
+                                                         "reproducible across GPUs: results agree within seed noise"},
         val_accuracy=val_accuracy,
     )
     atomic_write_text(manifest_path(paths, dataset, spec.name, seed), json.dumps(asdict(manifest), indent=2) + "\n")
@@ -141,12 +197,27 @@ def load_checkpoint(
 ) -> tuple[nn.Module, Manifest]:
     """The trained model in eval mode, after checking its hash and that it matches the spec."""
     data, manifest = checkpoint_bytes(paths, spec, info, seed)
-    return model_from_bytes(spec, info, data, device), manifest
+    where = paths.checkpoints(info.name) / manifest.weights_file
+    return model_from_bytes(spec, info, data, device, where=where, seed=seed), manifest
 
 
-def model_from_bytes(spec: ModelSpec, info: DatasetInfo, data: bytes, device: torch.device | str = "cpu") -> nn.Module:
+# What torch.load and load_state_dict raise on bytes that are not the weights the spec builds.
+_UNLOADABLE = (RuntimeError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError)
+
+
+def model_from_bytes(
+    spec: ModelSpec,
+    info: DatasetInfo,
+    data: bytes,
+    device: torch.device | str = "cpu",
+    *,
+    where: Path | None = None,
+    seed: int | None = None,
+) -> nn.Module:
     """The model of `spec` with the weights saved in `data` (a checkpoint file's bytes), in eval mode.
-    A model brought as an object (`family = EXTERNAL`) is the whole pickled module (`pack_module`)."""
+    A model brought as an object (`family = EXTERNAL`) is the whole pickled module (`pack_module`).
+    Zoo weights that do not load are a UserError naming the file (`where`, when known) and the
+    command that retrains them (with `seed`, when known)."""
     import torch
 
     if spec.family == EXTERNAL:
@@ -155,7 +226,19 @@ def model_from_bytes(spec: ModelSpec, info: DatasetInfo, data: bytes, device: to
         from robustbench_sparse.zoo.build import build_model  # torch: only when a model is built
 
         model = build_model(spec, info)
-        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        except _UNLOADABLE as err:
+            retrain = _retrain(info.name, spec.name, seed) + ("" if seed is not None else " (with the run's --seeds)")
+            what, how = f"the checkpoint of {spec.name!r} on {info.name}", f"retrain it with {retrain}"
+            if where is not None:  # retraining removes superseded weights whose hash is intact: keep it first
+                what = f"checkpoint {where}"
+                how = (f"it was left in place: move it aside with `mv {shlex.quote(str(where))} "
+                       f"{shlex.quote(str(aside_name(where)))}`, then {how}")
+            raise UserError(
+                f"{what} cannot be loaded ({_one_line(err)}), although its SHA-256 matches its manifest: it was "
+                f"saved damaged or for another architecture; {how}"
+            ) from err
     return model.to(device).eval()
 
 
@@ -250,11 +333,17 @@ def checkpoint_bytes(paths: Paths, spec: ModelSpec, info: DatasetInfo, seed: int
     weights = paths.checkpoints(info.name) / manifest.weights_file
     if not weights.exists():
         raise UserError(f"checkpoint weights {weights} are missing; run `rbs train --dataset {info.name}`")
-    data = weights.read_bytes()
+    retrain = _retrain(info.name, spec.name, seed)
+    try:
+        data = weights.read_bytes()
+    except OSError as err:
+        raise UserError(f"checkpoint {weights} cannot be read ({_one_line(err)}); it was left in place. Fix its "
+                        f"permissions, or retrain it with {retrain}, which moves it aside") from err
     actual = hashlib.sha256(data).hexdigest()
     if actual != manifest.sha256:
         raise UserError(
-            f"checkpoint {weights} is corrupt: SHA-256 {actual[:12]}... does not match the manifest's "
-            f"{manifest.sha256[:12]}...; refusing to load it. Retrain with `rbs train --dataset {info.name} --force`"
+            f"checkpoint {weights} is corrupt: its SHA-256 {actual[:12]}... does not match its manifest's "
+            f"{manifest.sha256[:12]}... ({where}); refusing to load it, and it was left in place. Retrain it with "
+            f"{retrain}, which moves the damaged file aside to {aside_name(weights).name}"
         )
     return data, manifest

@@ -18,7 +18,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from robustbench_sparse.cli import app  # noqa: E402
 from robustbench_sparse.execution.cache import ArtifactStore
-from robustbench_sparse.execution.executor import LocalExecutor  # noqa: E402
+from robustbench_sparse.execution.local import LocalExecutor  # noqa: E402
 from robustbench_sparse.execution.zoo_training import train_zoo  # noqa: E402
 from robustbench_sparse.results import harness  # noqa: E402
 from robustbench_sparse.results.store import ResultStore  # noqa: E402
@@ -82,7 +82,7 @@ def _records(plan, store, executor):
 
 def test_ray_gives_the_local_executors_records_bit_for_bit(ray_home, local_ray, tmp_path):
     plan = harness.plan("mnist5k", "ray", device="cpu", home=ray_home.home)
-    local = _records(plan, ResultStore(tmp_path / "local.sqlite"), LocalExecutor(threads=1))
+    local = _records(plan, ResultStore(tmp_path / "local.sqlite"), LocalExecutor(workers=1))
     remote = _records(plan, ResultStore(tmp_path / "ray.sqlite"), local_ray)
     # + transfer (6 sources x 5 targets; its sets are the full attack's, so the diagonal is its own cell)
     assert len(local) == len(remote) == len(plan.cells()) + 6 * 5
@@ -92,7 +92,7 @@ def test_ray_gives_the_local_executors_records_bit_for_bit(ray_home, local_ray, 
 
 def test_training_through_ray_gives_the_same_checkpoints(local_ray, tmp_path, small_mnist):
     homes = [make_home(tmp_path / name) for name in ("local", "ray")]
-    for paths, executor in zip(homes, (LocalExecutor(threads=1), local_ray), strict=True):
+    for paths, executor in zip(homes, (LocalExecutor(workers=1), local_ray), strict=True):
         specs = select_models(load_zoo(paths.zoo_spec), "mnist5k", ["dense", "kwinner-boost"])
         outcomes = train_zoo(paths, specs, "mnist5k", lambda: small_mnist, [0, 1], CPU, executor=executor)
         assert [o.action for o in outcomes] == ["trained"] * 4
@@ -107,8 +107,8 @@ def test_cli_runs_on_a_private_ray_and_refuses_ray_options_without_it(ray_home, 
     args = ["--home", str(ray_home.home), "--device", "cpu", "--suite", "ray", "--models", "dense"]
     done = runner.invoke(app, ["evaluate", *args, "--executor", "ray"])  # joins the Ray already running
     assert done.exit_code == 0, done.output
-    wrong = runner.invoke(app, ["evaluate", *args, "--workers", "2"])
-    assert wrong.exit_code == 2 and "--address and --workers are for --executor ray" in wrong.output
+    wrong = runner.invoke(app, ["evaluate", *args, "--address", "127.0.0.1:6390"])
+    assert wrong.exit_code == 2 and "--address is for --executor ray" in wrong.output
 
 
 def test_a_two_node_cluster_survives_losing_a_node(ray_home, local_ray, tmp_path):

@@ -45,6 +45,10 @@ def home(trained_home):
 
 
 def _count_crafts(monkeypatch):
+    """Counts the sets crafted, in this process (the local executor's pool is kept out)."""
+    from robustbench_sparse.execution import local
+
+    monkeypatch.setattr(local, "default_workers", lambda: 1)
     calls = []
     real = executor.perturbed_set
     monkeypatch.setattr(executor, "perturbed_set", lambda *a, **k: calls.append(1) or real(*a, **k))

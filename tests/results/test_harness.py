@@ -59,6 +59,10 @@ def test_evaluate_returns_long_form_records_and_exports(trained):
     assert len(df) == 5 * (1 + 2 * 5)  # 5 models x (clean + 5 evaluations x 2 strengths)
     assert (df["n"] == 60).all() and (df["accuracy"] == df["correct"] / 60).all()
     folder = trained.reports("mnist5k") / "tiny"
+    assert not (folder / "records.csv").exists()  # the export is the report's: written with it
+    from robustbench_sparse.report import build_report
+
+    build_report(harness.plan("mnist5k", "tiny", device="cpu", home=trained.home), formats=("markdown",))
     assert len(pd.read_csv(folder / "records.csv")) == len(df)
     doc = json.loads((folder / "records.json").read_text())
     assert doc["meta"]["suite"] == "tiny" and "torch" in doc["meta"]["versions"]
@@ -232,7 +236,7 @@ def test_the_command_to_train_names_models_that_run_only_when_named(tiny_home):
 def _records(rows):
     return pd.DataFrame(
         [{"model": m, "seed": 0, "evaluation": k, "kind": k, "strength": e, "accuracy": a, "source": m,
-          "spec": f"{k}(eps={e})"}
+          "spec": f"{k}(eps={e})", "n": 1000, "correct": round(a * 1000)}
          for m, k, e, a in rows]
     )
 
