@@ -3,7 +3,7 @@
 Two configurations, each a fresh `rbs` process on a fresh home (the zoo's recipes for mnist5k,
 every model for one epoch, so the run stays short; the quick suite on those models):
 
-- native: `RBS_CPU_REGIME=native --workers 1`, torch's own choices (a thread per core, oneDNN
+- native: `RBS_CPU_REGIME=native` (one process), torch's own choices (a thread per core, oneDNN
   convolutions, the kernels and MKL branch of this CPU): the fastest setting and how the suite ran
   before the regime; its weights depend on the machine;
 - portable: the default regime (one thread per task, torch's im2col + GEMM convolutions, AVX2
@@ -32,7 +32,7 @@ from pathlib import Path
 from robustbench_sparse.runtime import REPO_ROOT
 
 CONFIGURATIONS = {
-    "native": ({"RBS_CPU_REGIME": "native"}, ["--workers", "1"]),
+    "native": ({"RBS_CPU_REGIME": "native"}, []),
     "portable": ({}, []),
 }
 

@@ -7,6 +7,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -63,7 +64,7 @@ WorkersOpt = Annotated[int | None, typer.Option(
          "each task computes on one thread, so results do not depend on it.")]
 
 ReplaceOpt = Annotated[bool, typer.Option(
-    help="Replace a report in the run's folder that was made another way (other models, test images or "
+    "--replace", help="Replace a report in the run's folder that was made another way (other models, test images or "
          "compute regime); without it such a run is refused before any work.")]
 
 ReportFormat = enum.StrEnum("ReportFormat", {"html": "html", "latex": "latex"})  # type: ignore[misc]
@@ -308,7 +309,7 @@ def report(
                          "tables, compiles with pdflatex).")] = HTML,
     report_seeds: Annotated[str | None, typer.Option(
         "--seeds", help="Comma-separated training seeds (default: those of the report's records.json, else 0).")] = None,
-    replace: ReplaceOpt = False,
+    replace_existing: ReplaceOpt = False,
 ) -> None:
     """Build tables, plots, the report, its records export, model cards (JSON) and reports/index.html
     from stored results (re-runs nothing). Without the checkpoints here, from the records.json and
@@ -323,7 +324,7 @@ def report(
     if the_plan.recorded is not None:
         typer.echo(f"checkpoints not here: rebuilding from {the_plan.recorded.records.path}")
     result = build_report(the_plan, formats=("latex",) if format.value == "latex" else ("markdown", "html"),
-                          replace=replace)
+                          replace=replace_existing)
     if result.missing:
         typer.secho(f"{result.missing} declared cells have no stored result; run `rbs evaluate` and "
                     f"`rbs transfer` for suite {the_plan.suite.name!r} to fill them (they need the checkpoints: "
@@ -357,7 +358,7 @@ def import_(
 @app.command()
 @_user_errors
 @run_command()
-def benchmark(request: RunRequest, replace: ReplaceOpt = False) -> None:
+def benchmark(request: RunRequest, replace_existing: ReplaceOpt = False) -> None:
     """The whole job: train what is missing, evaluate, transfer, report. Re-runs reuse everything;
     the run ends compared with the report it found in its folder (the committed reference)."""
     import pandas as pd
@@ -365,7 +366,7 @@ def benchmark(request: RunRequest, replace: ReplaceOpt = False) -> None:
     from robustbench_sparse import pipeline
     from robustbench_sparse.analysis.tables import summary
 
-    result = pipeline.benchmark(request, echo=typer.echo, replace=replace)
+    result = pipeline.benchmark(request, echo=typer.echo, replace=replace_existing)
     typer.echo("")
     records = result.records
     if result.moves is not None and not result.moves.empty:  # as the report's overview: transfer feeds check 4
@@ -431,6 +432,10 @@ def check(
     if not result.new_flags.empty:
         typer.secho("\nNEW MASKING FLAGS: checks that fire now and did not in the baseline", fg=typer.colors.RED)
         _print_table(result.new_flags)
+    if not result.unproven.empty:
+        typer.echo("\nnot significant (no flag; a difference beyond a check's margin on too few images, "
+                   "docs/masking.md#significance):")
+        _print_table(result.unproven)
     if not result.regressions.empty:
         typer.secho("\nREGRESSIONS: accuracy fell beyond the allowed drop", fg=typer.colors.RED)
         _print_table(result.regressions)

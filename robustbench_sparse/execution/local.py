@@ -33,7 +33,7 @@ from robustbench_sparse.evaluation.cells import Job
 from robustbench_sparse.execution.cache import ArtifactStore
 from robustbench_sparse.execution.executor import ENSEMBLE, Outcome, TrainTask, Workspace, run_job
 from robustbench_sparse.execution.registry import no_options
-from robustbench_sparse.runtime import UserError, regime_block
+from robustbench_sparse.runtime import NATIVE_REGIME, UserError, regime_block, requested_regime
 from robustbench_sparse.zoo.build import build_model
 from robustbench_sparse.zoo.spec import ModelSpec
 
@@ -99,8 +99,9 @@ def _pool(size: int) -> futures.ProcessPoolExecutor:
 # --- the executor --------------------------------------------------------------------------------
 
 class LocalExecutor:
-    """Jobs and training on this machine: `workers` processes (default: one per core; on CUDA,
-    one), each task on one torch thread; with one worker, in this process, in the order given."""
+    """Jobs and training on this machine: `workers` processes (default: one per core; on CUDA or
+    in the native regime, one), each task on one torch thread; with one worker, in this process,
+    in the order given."""
 
     def __init__(self, workers: int | None = None, **unused: Any) -> None:
         no_options("local", unused)
@@ -109,7 +110,9 @@ class LocalExecutor:
         self.workers = workers
 
     def _size(self, device: torch.device, tasks: int) -> int:
-        wanted = self.workers if self.workers is not None else (1 if device.type == "cuda" else default_workers())
+        # On CUDA one process fills the device; in the native regime torch already uses every core.
+        alone = device.type == "cuda" or requested_regime() == NATIVE_REGIME
+        wanted = self.workers if self.workers is not None else (1 if alone else default_workers())
         return max(1, min(wanted, tasks))
 
     def map(self, jobs: Iterable[Job], ws: Workspace) -> Iterator[Outcome]:
