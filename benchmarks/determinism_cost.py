@@ -1,76 +1,84 @@
-"""What the portable CPU regime costs: training and the quick suite, pinned against torch's fastest.
+"""What the portable CPU regime costs per core: an attack step and a training epoch, pinned against
+torch's own choices, and which part of the regime costs what.
 
-Two configurations, each a fresh `rbs` process on a fresh home (the zoo's recipes for mnist5k,
-every model for one epoch, so the run stays short; the quick suite on those models):
+Each configuration runs in its own process (the variables are read when torch starts), one torch
+thread, on the zoo's mnist5k recipes (untrained weights: the cost does not depend on them):
 
-- native: `RBS_CPU_REGIME=native` (one process), torch's own choices (a thread per core, oneDNN
-  convolutions, the kernels and MKL branch of this CPU): the fastest setting and how the suite ran
-  before the regime; its weights depend on the machine;
-- portable: the default regime (one thread per task, torch's im2col + GEMM convolutions, AVX2
-  kernels, MKL's compatible branch) on the default local pool (one worker per core).
+- native: `RBS_CPU_REGIME=native`, torch's own choices (oneDNN convolutions, this CPU's kernels
+  and MKL branch), one thread: how a task ran before the regime; machine-dependent;
+- portable, MKL AVX2: the regime but MKL's AVX2 branch (on an AMD CPU MKL runs its AUTO branch for
+  it, so this is not the same code on Intel and AMD: shown to split the cost, not offered);
+- portable: the regime (im2col + GEMM convolutions, AVX2 kernels, MKL's COMPATIBLE branch).
 
-Prints the wall time of each step and the ratios portable / native, measured in one run, plus
-whether the two regimes' checkpoints differ (they should: only the portable ones are the same on
-every machine).
+Prints milliseconds per attack step (forward and input gradient on 200 test digits) for `dense`
+and `kwinner-boost`, and per training epoch of `dense` on 1,000 digits, with the ratios to native,
+all measured in one run.
 
-    python benchmarks/determinism_cost.py [--epochs 1]
+    python benchmarks/determinism_cost.py
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
-
-from robustbench_sparse.runtime import REPO_ROOT
 
 CONFIGURATIONS = {
-    "native": ({"RBS_CPU_REGIME": "native"}, []),
-    "portable": ({}, []),
+    "native": {"RBS_CPU_REGIME": "native"},
+    "portable, MKL AVX2": {"RBS_TEST_MKL_CBWR": "AVX2,STRICT"},
+    "portable": {},
 }
 
+MEASURE = r"""
+import json, os, sys, time, dataclasses
+import robustbench_sparse  # sets the regime's variables (unless RBS_CPU_REGIME=native)
+if os.environ.get("RBS_TEST_MKL_CBWR"):
+    os.environ["MKL_CBWR"] = os.environ["RBS_TEST_MKL_CBWR"]  # before MKL's first call
+import torch
+import torch.nn.functional as F
+from robustbench_sparse.data.datasets import load_dataset
+from robustbench_sparse.runtime import Paths, regime_block
+from robustbench_sparse.training.train import train_model
+from robustbench_sparse.zoo.build import build_model
+from robustbench_sparse.zoo.spec import load_zoo
 
-def _home(root: Path, epochs: int) -> Path:
-    (root / "models").mkdir(parents=True)
-    zoo = (REPO_ROOT / "models" / "zoo.toml").read_text()
-    (root / "models" / "zoo.toml").write_text(re.sub(r"(?m)^epochs = \d+", f"epochs = {epochs}", zoo))
-    shutil.copytree(REPO_ROOT / "attacks", root / "attacks")
-    return root
-
-
-def _timed(env: dict[str, str], *args: str) -> float:
+data = load_dataset("mnist5k")
+zoo = load_zoo(Paths.default().zoo_spec)
+x, y = data.test_x[:200], data.test_y[:200]
+out = {}
+with regime_block():
+    torch.set_num_threads(1)
+    for name in ("dense", "kwinner-boost"):
+        model = build_model(zoo[name]["mnist5k"], data.info).eval()
+        def step():
+            xx = x.clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(xx), y), xx)
+        for _ in range(2):
+            step()
+        started = time.perf_counter()
+        for _ in range(10):
+            step()
+        out[f"{name} attack step"] = (time.perf_counter() - started) / 10 * 1000
+    small = dataclasses.replace(data, train_x=data.train_x[:1000], train_y=data.train_y[:1000])
+    spec = dataclasses.replace(zoo["dense"]["mnist5k"], epochs=1)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "robustbench_sparse.cli", *args], check=True, capture_output=True,
-                   env={**os.environ, "RBS_NO_PROGRESS": "1", **env})
-    return time.perf_counter() - started
+    train_model(spec, small, 0, torch.device("cpu"))
+    out["dense training epoch"] = (time.perf_counter() - started) * 1000
+print(json.dumps(out))
+"""
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per model (default 1)")
-    args = parser.parse_args()
-    times: dict[str, dict[str, float]] = {}
-    hashes: dict[str, dict[str, str]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, (env, options) in CONFIGURATIONS.items():
-            home = _home(Path(tmp) / name, args.epochs)
-            common = ["--home", str(home), "--device", "cpu", *options]
-            times[name] = {"train": _timed(env, "train", *common),
-                           "quick suite": _timed(env, "evaluate", "--suite", "quick", *common)}
-            hashes[name] = {json.loads(m.read_text())["model"]: json.loads(m.read_text())["sha256"][:12]
-                            for m in sorted((home / "models" / "mnist5k").glob("*.json"))}
-            print(name, {k: f"{v:.1f} s" for k, v in times[name].items()}, flush=True)
-    for step in ("train", "quick suite"):
-        print(f"{step}: portable / native = {times['portable'][step] / times['native'][step]:.2f}")
-    same = sum(hashes["native"][m] == hashes["portable"][m] for m in hashes["native"])
-    print(f"checkpoints equal across the two regimes: {same} of {len(hashes['native'])}")
+    results = {}
+    for name, env in CONFIGURATIONS.items():
+        done = subprocess.run([sys.executable, "-c", MEASURE], env={**os.environ, **env}, capture_output=True,
+                              text=True, check=True)
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    for what in results["native"]:
+        cells = ", ".join(f"{name} {r[what]:.0f} ms ({r[what] / results['native'][what]:.2f}x)"
+                          for name, r in results.items())
+        print(f"{what}: {cells}")
 
 
 if __name__ == "__main__":
