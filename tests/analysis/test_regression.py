@@ -125,7 +125,7 @@ def test_three_seeds_give_mean_and_std_in_baseline_and_report(home, tmp_path):
     report = runner.invoke(app, ["report", "--home", str(home.home), "--suite", "ci", "--models", "dense,kwinner",
                                  "--seeds", "0,1,2"])
     assert report.exit_code == 0, report.output
-    text = (home.reports("mnist5k") / "ci" / "report.md").read_text()
+    text = (home.reports("mnist5k") / "ci-seeds0-2" / "report.md").read_text()  # a folder named by its seeds
     assert " ± " in text and "training seeds | 0, 1, 2" in text
 
 
@@ -161,6 +161,9 @@ def test_a_change_that_kills_gradients_fails_the_check(home, tmp_path, monkeypat
         return out.detach() + 0 * x  # same forward values, zero gradient
 
     monkeypatch.setattr(sparse._KWinnersBase, "_with_backward", no_gradient)
+    from robustbench_sparse.execution import local
+
+    monkeypatch.setattr(local, "default_workers", lambda: 1)  # the patch lives in this process: run here
     # CI starts from a clean checkout: nothing stored or cached from the honest run.
     shutil.rmtree(home.home / "reports")
     shutil.rmtree(home.cache)
