@@ -20,6 +20,7 @@ import concurrent.futures as futures
 import itertools
 import multiprocessing
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -60,10 +61,17 @@ def _start() -> None:
     _STATE["regime"].__enter__()
 
 
+def _importable(paths: tuple[str, ...]) -> None:
+    """The driver's import path in the worker: a family module beside a home's models/ (put on the
+    driver's path by `load_zoo`) must import here too."""
+    sys.path.extend(p for p in paths if p not in sys.path)
+
+
 def _run(token: str, shared: Shared, job: Job, recipes: dict[tuple[str, int], Recipe],
-         survivors: dict[str, torch.Tensor]) -> Outcome:
+         survivors: dict[str, torch.Tensor], paths: tuple[str, ...]) -> Outcome:
     """One job in a worker. `shared` travels with every job (its tensors through shared memory, so
     at the cost of a handle); the workspace built from it is kept while the same map (`token`) runs."""
+    _importable(paths)
     if _STATE.get("token") != token:
         info, x, y, device, cache, ensemble = shared
         _STATE.update(token=token, recipes={}, ws=Workspace(
@@ -75,8 +83,11 @@ def _run(token: str, shared: Shared, job: Job, recipes: dict[tuple[str, int], Re
     return run_job(job, ws)
 
 
-def _train(spec: ModelSpec, data: Dataset, seed: int, device: str) -> tuple[dict[str, torch.Tensor], float]:
+def _train(spec: ModelSpec, data: Dataset, seed: int, device: str,
+           paths: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], float]:
     from robustbench_sparse.training.train import train_model
+
+    _importable(paths)
 
     started = time.perf_counter()
     model = train_model(spec, data, seed, torch.device(device))
@@ -148,7 +159,7 @@ class LocalExecutor:
             recipes = {key: ws.checkpoint(*key) for key in names if key[0] != ENSEMBLE}
             previous = first.previous
             survivors = {previous.set_key: scored[previous.set_key]} if previous and previous.set_key in scored else {}
-            running[pool.submit(_run, token, shared, job, recipes, survivors)] = first.set_key
+            running[pool.submit(_run, token, shared, job, recipes, survivors, tuple(sys.path))] = first.set_key
 
         try:
             while True:
@@ -189,7 +200,8 @@ class LocalExecutor:
                     model = train_model(spec, data, seed, device)
                 yield spec, seed, model, time.perf_counter() - started
             return
-        running = {_pool(size).submit(_train, spec, data, seed, str(device)): (spec, seed) for spec, seed in tasks}
+        running = {_pool(size).submit(_train, spec, data, seed, str(device), tuple(sys.path)): (spec, seed)
+                   for spec, seed in tasks}
         try:
             for future in futures.as_completed(running):
                 spec, seed = running[future]
