@@ -83,11 +83,11 @@ def test_each_check_has_a_status_and_not_run_names_what_it_needs(home):
     from robustbench_sparse.analysis.diagnostics import CHECK_NEEDS, masking_checks
 
     table = masking_checks(checks)
-    assert len(table) == len(CHECK_NEEDS) == 10 and set(table["status"]) <= {"fired", "passed", "not run"}
+    assert len(table) == len(CHECK_NEEDS) == 11 and set(table["status"]) <= {"fired", "passed", "not run"}
     status = dict(zip(table["check"].str.split(".").str[0].astype(int), table["status"], strict=True))
     assert status[1] in ("passed", "fired")  # FGSM, I-FGSM and PGD all run
-    # no 5x PGD, eps = 1, BPDA, gradients, determinism, logits, AutoAttack in `standard`
-    for number in (2, 3, 5, 6, 7, 8, 9, 10):
+    # no 5x PGD, eps = 1, BPDA, gradients, determinism, logits, AutoAttack, adaptive attacks in `standard`
+    for number in (2, 3, 5, 6, 7, 8, 9, 10, 11):
         assert status[number] == "not run"
         needs = table.loc[table["check"].str.startswith(f"{number}."), "evidence / needs"].item()
         assert needs == f"needs {CHECK_NEEDS[number][1]}"

@@ -16,9 +16,14 @@ and AutoAttack's own (`autoattack/checks.py`):
 8. probability outputs: rows in [0, 1] summing to 1 (a loss on softmax saturates);
 9. zero gradients at the attack's start: dead input gradients at PGD's random start in the ball;
 10. AutoAttack beats PGD: AutoAttack or APGD more than 5 points below plain PGD (the PGD number
-    overstates robustness, as on k-WTA: 52.4% under PGD, 18.5% under AutoAttack).
+    overstates robustness, as on k-WTA: 52.4% under PGD, 18.5% under AutoAttack);
+and the adaptive attacks' (`adaptive.py`):
+11. an adaptive attack beats the standard ones: BPDA through any gradient attack, the smooth
+    surrogate or the finite-difference attack below the best standard white-box attack (AutoAttack
+    and Square included) by more than the tolerance (as on k-WTA: 18.5% under AutoAttack, 0.16%
+    under Tramer et al.'s finite differences).
 
-A check that compares two accuracies (1, 2, 4, 5, 10), or one count with a fixed share (3, 6, 9),
+A check that compares two accuracies (1, 2, 4, 5, 10, 11), or one count with a fixed share (3, 6, 9),
 fires only when the difference is beyond its margin AND a one-sided exact test on the images says
 so (`stats.accuracy_test`, `stats.share_test`, p < `stats.MASKING_ALPHA`): two trainings of one
 net differ by a few images, and a flag must not flip on them. A difference beyond the margin that
@@ -36,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robustbench_sparse.analysis.adaptive import UNBOUNDED, adaptive
 from robustbench_sparse.analysis.stats import Evidence, accuracy_test, correct_count, share_test
 from robustbench_sparse.evaluation.cells import decode_flags
 from robustbench_sparse.evaluation.kinds import parse_spec
@@ -55,6 +61,8 @@ CHECK_NEEDS = {
     8: ("probability outputs", "a `logits` evaluation"),
     9: ("zero gradients at the attack's start", "a `gradients` evaluation with eps > 0"),
     10: ("AutoAttack beats PGD", "PGD beside AutoAttack or APGD at one eps"),
+    11: ("an adaptive attack beats the standard ones",
+         "an adaptive attack (bpda = relu, identity or sigmoid, or fd-pgd) beside a standard white-box attack at one eps"),
 }
 # Each flag's check number (check 1 has three forms).
 CHECK_OF = {
@@ -70,6 +78,7 @@ CHECK_OF = {
     "probability outputs": 8,
     "zero gradients at the attack's start": 9,
     "AutoAttack beats PGD": 10,
+    "adaptive attack beats standard attacks": 11,
 }
 CHECKS = tuple(CHECK_OF)
 # Check 10: AutoAttack is the stronger attack, so it beats PGD-40 by a few points on any model
@@ -318,6 +327,7 @@ def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, t
                                      f"{_pct((1 - row['accuracy']) * 100)} of {row['n']} output rows are probability "
                                      "vectors: cross-entropy on softmax output saturates; return logits"))
     strongest_attacks = own[own["kind"].isin(["autoattack", "apgd"])]
+    strongest_attacks = strongest_attacks[_true_gradients(strongest_attacks)]
     for eps, part in strongest_attacks.groupby("strength"):
         if eps not in plain_at:
             continue
@@ -329,7 +339,33 @@ def _model_checks(records: pd.DataFrame, model: str, seed: int, chance: float, t
             flags.append(_decide(model, seed, "AutoAttack beats PGD",
                                  f"{row['evaluation']} {_pct(row['accuracy'] * 100)} < PGD {_pct(plain_at[eps])} at "
                                  f"eps={eps:g}: the PGD number overstates robustness", evidence))
+    flags += _adaptive_check(own, model, seed, tolerance, ran)
     return flags, ran
+
+
+def _adaptive_check(own: pd.DataFrame, model: str, seed: int, tolerance: float, ran: set[int]) -> list[Flag]:
+    """Check 11 on one model's white-box records: an adaptive attack below the lowest standard one."""
+    attacked = own[own["kind"].isin(ATTACKS) & (own["strength"] > 0) & (own["strength"] < UNBOUNDED)]
+    if attacked.empty:
+        return []
+    aimed = adaptive(attacked)
+    flags = []
+    for eps, part in attacked.groupby("strength"):
+        mine = aimed[part.index]
+        aimed_at, standard = part[mine], part[~mine]
+        if aimed_at.empty or standard.empty:
+            continue
+        ran.add(11)
+        best = _lowest(standard)
+        decided = _strongest(aimed_at[aimed_at["accuracy"] * 100 < best["accuracy"] * 100 - tolerance],
+                             lambda row, best=best: accuracy_test(row, best, "less"))
+        if decided:
+            row, evidence = decided
+            flags.append(_decide(model, seed, "adaptive attack beats standard attacks",
+                                 f"{row['evaluation']} {_pct(row['accuracy'] * 100)} < {best['evaluation']} "
+                                 f"{_pct(best['accuracy'] * 100)}, the lowest standard attack, at eps={eps:g}: the "
+                                 "standard attacks overstate robustness", evidence))
+    return flags
 
 
 def _ordering_ran(records: pd.DataFrame, model: str) -> bool:

@@ -12,14 +12,24 @@ Every task asks for one CPU (and `gpus` of a GPU when the device is CUDA) and co
 regime (`runtime.regime_block`: one torch thread), so N tasks on N cores do not fight. Seeds are
 per cell and per image, so the records and trained weights are bit for bit the local executor's. A task whose worker dies is retried by Ray (`max_retries`); a driver that dies loses only
 unfinished cells (the same command resumes).
+
+Joining a cluster (`address`) is checked before Ray is: something must answer at the address, it
+must be Ray's GCS, this machine must hold the cluster's token when it asks for one (Ray 2.59+
+turns token authentication on; the token is `RAY_AUTH_TOKEN`, the file at `RAY_AUTH_TOKEN_PATH`
+or `~/.ray/auth_token`, as Ray itself reads it), and every node must compute with this machine's
+libraries and code. Each failure is one `UserError` line naming the address, not Ray's log stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,12 +57,20 @@ from robustbench_sparse.zoo.spec import ModelSpec
 Recipe = tuple[ModelSpec, bytes]  # a model as it travels: its spec and its checkpoint's bytes
 
 
-def _import_ray() -> Any:
+def _import_ray(address: str | None = None) -> Any:
+    if address and "ray" not in sys.modules and address.rpartition(":")[0].strip("[]") in _LOOPBACK:
+        # A head on this machine may listen on loopback only (`ray start --node-ip-address=127.0.0.1`):
+        # keep Ray from swapping 127.0.0.1 for the machine's address (read when ray is imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a dependency
         raise UserError("--executor ray needs the `ray` package (pip install 'ray==2.60.0')") from None
     return ray
+
+
+class WorkerMismatch(RuntimeError):
+    """A Ray worker computes with other libraries, code or regime than the driver."""
 
 
 def _same_environment(expected: str) -> None:
@@ -61,8 +79,177 @@ def _same_environment(expected: str) -> None:
     from robustbench_sparse.evaluation.cells import environment, environment_id
 
     if environment_id() != expected:
-        raise RuntimeError(f"this Ray worker runs other versions or code than the driver ({environment()}); "
-                           "install the same robustbench-sparse, torch, torchattacks and foolbox on every node")
+        raise WorkerMismatch(f"a Ray worker runs other versions or code than the driver ({environment()}); "
+                             "install the same robustbench-sparse, torch, torchattacks and foolbox on every node")
+
+
+def node_environment() -> dict[str, str]:
+    """What a number depends on (`cells.environment`), as a worker of this node sees it."""
+    from robustbench_sparse.evaluation.cells import environment
+
+    return environment()
+
+
+# --- joining a cluster: checked before Ray is, each failure one line -----------------------------
+
+DOCS = "docs/scaling.md#cluster"
+CONNECT_TIMEOUT_S = 5.0  # TCP connect to the head's GCS port
+GCS_TIMEOUT_MS = 4000  # Ray's own handshake with the GCS, once something listens
+CHECK_TIMEOUT_S = 180.0  # one check task per node (its worker process imports torch)
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--address {address!r} is not HOST:PORT: give the head's address and the port of "
+                        f"`ray start --head --port=PORT` ({DOCS})")
+    return host, int(port)
+
+
+def _token_source(address: str) -> str | None:
+    """Where Ray will read this machine's token from (its order: RAY_AUTH_TOKEN, the file at
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), or None when there is none. A RAY_AUTH_TOKEN_PATH
+    that cannot be read is refused here (Ray aborts the process on it)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    if path:
+        try:
+            readable = bool(Path(path).read_text().strip())
+        except OSError:
+            readable = False
+        if not readable:
+            raise UserError(f"RAY_AUTH_TOKEN_PATH={path} is not a readable, non-empty file: copy the token of the "
+                            f"Ray cluster at {address} there (`ray get-auth-token` on the head prints it) or unset "
+                            f"it ({DOCS})")
+        return path
+    default = Path.home() / ".ray" / "auth_token"
+    try:
+        return str(default) if default.read_text().strip() else None
+    except OSError:
+        return None
+
+
+def _enable_token_auth() -> None:
+    """Token mode for this process from now on, as `ray start` sets it for its own (Ray reads
+    RAY_AUTH_MODE into its config, and its token loader caches)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Ray's C++ client logs each failed handshake to file descriptor 2: send it nowhere while
+    probing (the failure becomes one line of ours)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _probe(address: str) -> list[Any]:
+    """The cluster's alive nodes (GcsNodeInfo), asked of its GCS without starting a Ray driver.
+    Token mode is turned on here when the cluster asks for a token and this machine has one (Ray
+    does so itself only for a cluster it finds without an address)."""
+    from ray._raylet import InnerGcsClient
+    from ray.exceptions import AuthenticationError
+
+    host, port = _split_address(address)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise UserError(f"nothing answers at {address} ({why}): start the head there with "
+                        f"`ray start --head --port={port}`, or give the address it printed ({DOCS})") from None
+
+    def nodes() -> list[Any]:
+        with _quiet_stderr():
+            client = InnerGcsClient.standalone(f"{host}:{port}", None, GCS_TIMEOUT_MS)
+            info = client.get_all_node_info(timeout=GCS_TIMEOUT_MS / 1000)
+        return [n for n in info.values() if n.state == 0]  # GcsNodeInfo.ALIVE
+
+    explicit = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
+    source = None if explicit == "disabled" else _token_source(address)
+    try:
+        try:
+            return nodes()
+        except AuthenticationError:
+            if explicit or source is None:
+                raise
+            _enable_token_auth()  # the cluster asks for a token and this machine has one
+            return nodes()
+    except AuthenticationError:
+        if source is None:
+            raise UserError(f"the Ray cluster at {address} asks for its token and this machine has none: copy "
+                            "the head's ~/.ray/auth_token to ~/.ray/auth_token here, or set RAY_AUTH_TOKEN to it "
+                            f"(`ray get-auth-token` on the head prints it) ({DOCS})") from None
+        raise UserError(f"the Ray cluster at {address} refuses this machine's token (from {source}): use the "
+                        f"head's (`ray get-auth-token` on the head prints it) ({DOCS})") from None
+    except Exception as err:  # Ray's RpcError and kin: not a Ray GCS, or not answering in time
+        raise UserError(f"no Ray cluster answers at {address} (something listens there, but: {err}): give the "
+                        f"address and port `ray start --head` printed ({DOCS})") from None
+
+
+def _connect(ray: Any, address: str, runtime_env: dict[str, Any]) -> None:
+    """ray.init on the cluster at `address`, once `_probe` has found it and its token."""
+    host, port = _split_address(address)
+    alive = _probe(address)
+    kwargs: dict[str, Any] = {}
+    if host in _LOOPBACK:
+        # The head is on this machine: the driver joins the head's node, at the address the head
+        # registered (loopback for a head on loopback only, else the machine's own).
+        heads = [n.node_manager_address for n in alive if n.is_head_node] or [n.node_manager_address for n in alive]
+        node_ip = heads[0] if heads else "127.0.0.1"
+        if node_ip in _LOOPBACK:
+            from ray._private import ray_constants
+
+            if ray_constants.ENABLE_RAY_CLUSTER:  # Ray would swap 127.0.0.1 for the machine's address
+                raise UserError(f"the Ray cluster at {address} listens on loopback only, and ray was imported "
+                                "before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set: set it before importing ray")
+        else:
+            address = f"{node_ip}:{port}"  # the head's GCS listens there too
+        kwargs["_node_ip_address"] = node_ip
+    ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env=runtime_env, **kwargs)
+
+
+def _check_nodes(ray: Any, address: str, runtime_env: dict[str, Any]) -> None:
+    """One small task on every node with a CPU: each must compute with this machine's libraries,
+    code and regime (`_same_environment` guards every task too, for nodes that join later)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from robustbench_sparse.evaluation.cells import environment
+
+    here = environment()
+    check = ray.remote(node_environment)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= TASK_THREADS]
+    refs = {check.options(num_cpus=TASK_THREADS, max_retries=0, runtime_env=runtime_env,
+                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote():
+            n["NodeManagerAddress"] for n in nodes}
+    try:
+        seen = ray.get(list(refs), timeout=CHECK_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise UserError(f"the Ray cluster at {address} did not run a check task on each node within "
+                        f"{CHECK_TIMEOUT_S:.0f} s: see `ray status` on the head ({DOCS})") from None
+    except ray.exceptions.RayError as err:
+        raise UserError(f"a check task failed on the Ray cluster at {address} ({type(err).__name__}): install "
+                        f"the same robustbench-sparse, torch, torchattacks and foolbox on every node ({DOCS})") from None
+    for node_ip, there in zip(refs.values(), seen, strict=True):
+        if there != here:
+            diff = ", ".join(f"{k} {there.get(k)} there, {here.get(k)} here" for k in sorted(set(here) | set(there))
+                             if there.get(k) != here.get(k))
+            raise UserError(f"the Ray cluster at {address} has a node ({node_ip}) that computes with other versions "
+                            f"or code than this machine ({diff}): install the same robustbench-sparse, torch, "
+                            f"torchattacks and foolbox on every node, with the same RBS_CPU_REGIME ({DOCS})")
 
 
 def _model(info: DatasetInfo, ensemble: bool, recipes: tuple[Recipe, ...], device: str) -> nn.Module:
@@ -142,7 +329,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, workers: int | None = None,
                  gpus: float | None = None, max_retries: int = 3) -> None:
-        ray = _import_ray()
+        ray = _import_ray(address)
         self.ray = ray
         if workers is not None and workers < 1:
             raise UserError(f"--workers must be >= 1, got {workers}")
@@ -154,23 +341,37 @@ class RayExecutor:
         self._started = False
         # Workers compute in the driver's CPU regime: its variables set before they import torch.
         runtime_env = {"env_vars": {k: os.environ[k] for k in (*REGIME_ENV, "RBS_CPU_REGIME") if k in os.environ}}
+        self.address = address
         if not ray.is_initialized():
             try:
                 if address:
-                    # A cluster on loopback (one machine) needs the driver on loopback too; elsewhere
-                    # Ray finds the address the cluster can reach this machine at.
-                    local = address.split(":")[0] in ("127.0.0.1", "localhost")
-                    ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env=runtime_env,
-                             **({"_node_ip_address": "127.0.0.1"} if local else {}))
+                    _connect(ray, address, runtime_env)
                 else:
                     ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                              configure_logging=False, _node_ip_address="127.0.0.1", runtime_env=runtime_env)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise UserError(f"cannot start or join Ray{f' at {address}' if address else ''}: {err}") from None
             self._started = True
+            if address:
+                try:
+                    _check_nodes(ray, address, runtime_env)
+                except UserError:
+                    self.close()
+                    raise
         cpus = ray.cluster_resources().get("CPU", 1)
         self.slots = max(1, int(cpus // TASK_THREADS))
         self._tasks = {f.__name__: ray.remote(f) for f in (craft_task, score_task, measure_task, train_task)}
+
+    def _get(self, ref: Any) -> Any:
+        """A task's result; a worker that computes with other versions is the user's to fix (a
+        node that joined after the check at the start)."""
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as err:
+            if isinstance(getattr(err, "cause", None), WorkerMismatch):
+                where = f"the Ray cluster at {self.address}" if self.address else "Ray"
+                raise UserError(f"{where}: {err.cause}") from None
+            raise
 
     def _options(self, device: torch.device) -> dict[str, Any]:
         gpus = (self.gpus if self.gpus is not None else 0.5) if device.type == "cuda" else 0
@@ -266,7 +467,7 @@ class RayExecutor:
                 return
             (ref,), _ = ray.wait(list(waiting), num_returns=1)
             run, role, i = waiting.pop(ref)
-            value = ray.get(ref)  # a task that failed after its retries raises here
+            value = self._get(ref)  # a task that failed after its retries raises here
             key = dependency.pop(ref, None)
             if key is not None:
                 crafting[key] -= 1
@@ -296,7 +497,7 @@ class RayExecutor:
         while refs:
             (ref,), _ = ray.wait(list(refs), num_returns=1)
             spec, seed = refs.pop(ref)
-            state, seconds = ray.get(ref)
+            state, seconds = self._get(ref)
             model = build_model(spec, data.info)
             model.load_state_dict(state)
             yield spec, seed, model.to(device), seconds

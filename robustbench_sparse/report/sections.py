@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from robustbench_sparse.analysis.adaptive import verdict_table
 from robustbench_sparse.analysis.diagnostics import CHECK_NEEDS
 from robustbench_sparse.analysis.tables import summary
 from robustbench_sparse.evaluation.cells import environment
@@ -132,6 +133,26 @@ def masking(data: RunData) -> Section:
     return _one_table("masking-checks", title, text, checks)
 
 
+def adaptive_verdict(data: RunData) -> Section | None:
+    """The verdict once the adaptive attacks ran (`analysis.adaptive`); none without them."""
+    table = verdict_table(data.everything, data.reference)
+    if table.empty:
+        return None
+    shown = table.assign(**{"p (Holm)": table["p (Holm)"].map(p_text)}).round(
+        {"standard %": 1, "every attack %": 1, "vs ref (standard)": 1, "vs ref (every attack)": 1})
+    ref = data.reference
+    text = ("Per model and ε, the per-image worst case over the standard white-box attacks (true gradients, "
+            "AutoAttack and Square included) beside the worst case over every attack run: the standard ones, the "
+            "adaptive ones aimed at the k-winners mask (BPDA through each gradient attack, the smooth surrogate, "
+            "FD-PGD's finite differences) and transfer. *Found the last points*: the attacks that alone fooled some "
+            "images, with how many. *Square only*: images Square fooled that every gradient attack left correct "
+            "(AutoAttack's own reliability warning: gradient-free search finding points the gradients miss). "
+            f"The differences from {ref} are tested on the same images (McNemar's exact test, training seeds "
+            "pooled), Holm-corrected over the whole table; the verdict reads the every-attack difference "
+            "(docs/adaptive-attacks.md).")
+    return Section("adaptive-verdict", "Adaptive attacks: the verdict", (text,), (Table(shown, "adaptive-verdict", table),))
+
+
 def transfer(data: RunData) -> Section | None:
     moves = data.moves
     if moves.empty:
@@ -250,6 +271,6 @@ def _regime_fact(meta: dict[str, Any]) -> str:
 for _name, _fn in (("verdict", verdict_section), ("accuracy-plot", key_plot), ("overview", overview),
                    ("ranking", ranking), ("noise-score", noise_score), ("sweep-means", sweep),
                    ("corruptions", corruptions), ("worst-case", worst), ("per-strength", strengths),
-                   ("masking-checks", masking), ("transfer", transfer), ("differences", differences),
+                   ("masking-checks", masking), ("adaptive-verdict", adaptive_verdict), ("transfer", transfer), ("differences", differences),
                    ("more-plots", more_plots), ("provenance", provenance)):
     register_section(_name, _fn, before=None)

@@ -44,7 +44,8 @@ class _KWinnersBase(nn.Module):
         self.register_buffer("boost_strength", torch.tensor(float(boost_strength)))
         self.register_buffer("duty_cycle", torch.zeros(duty_units))
         self.register_buffer("learning_iterations", torch.zeros((), dtype=torch.long))
-        # Backward pass used by BPDA attacks: None (true mask gradient) or "relu"/"identity".
+        # Backward pass used by BPDA attacks: None (true mask gradient), "relu", "identity" or
+        # "sigmoid[:T]" (the smooth surrogate, `soft_winners`).
         self.bpda: str | None = None
 
     @property
@@ -72,11 +73,18 @@ class _KWinnersBase(nn.Module):
         period = min(self.duty_cycle_period, int(self.learning_iterations))
         self.duty_cycle.mul_(period - batch).add_(active_per_unit).div_(period)
 
-    def _with_backward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Forward value `out`; backward through the chosen stand-in when BPDA is on."""
+    def _with_backward(self, x: torch.Tensor, out: torch.Tensor, boost: torch.Tensor, k: int,
+                       dim_of_units: bool) -> torch.Tensor:
+        """Forward value `out`; backward through the chosen stand-in when BPDA is on: ReLU's,
+        the identity's, or the smooth surrogate's (`soft_winners`, "sigmoid:T"), whose units
+        compete along dim 1 (`dim_of_units`) or over all of a sample's units."""
         if self.bpda is None:
             return out
-        surrogate = torch.relu(x) if self.bpda == "relu" else x
+        if self.bpda.startswith("sigmoid"):
+            temperature = float(self.bpda.partition(":")[2] or SURROGATE_TEMPERATURE)
+            surrogate = soft_winners(x, x * boost, k, temperature, dim_of_units)
+        else:
+            surrogate = torch.relu(x) if self.bpda == "relu" else x
         return surrogate + (out - surrogate).detach()
 
     def extra_repr(self) -> str:
@@ -85,6 +93,27 @@ class _KWinnersBase(nn.Module):
             f"boost_strength={float(self.boost_strength):.4g}, "
             f"boost_strength_factor={self.boost_strength_factor}"
         )
+
+
+SURROGATE_TEMPERATURE = 0.1  # bpda = "sigmoid": the temperature chosen by benchmarks/surrogate_sweep.py
+
+
+def soft_winners(x: torch.Tensor, ranking: torch.Tensor, k: int, temperature: float,
+                 dim_of_units: bool) -> torch.Tensor:
+    """A differentiable relaxation of k-winners, for the backward pass of an attack only:
+    x * sigmoid((r - tau) / (T s)), with r the (boosted) ranking values, tau halfway between the
+    k-th and (k+1)-th largest of a sample's r (the mask's switching point), s their standard
+    deviation over the sample (so T is unitless) and T the temperature: T -> 0 is the hard mask
+    again, a large T lets every unit pass half its gradient. Units compete along dim 1
+    (`dim_of_units`: the 1-d layer, or the local 2-d one), else over all of a sample's units."""
+    flat = ranking if dim_of_units else ranking.reshape(ranking.shape[0], -1)
+    fixed = flat.detach()
+    n = fixed.shape[1]
+    top = fixed.topk(min(k + 1, n), dim=1).values
+    tau = top.narrow(1, k - 1, 1) if k >= n else (top.narrow(1, k - 1, 1) + top.narrow(1, k, 1)) / 2
+    scale = fixed.std(dim=1, keepdim=True).clamp_min(1e-12)
+    soft = torch.sigmoid((flat - tau) / (temperature * scale))
+    return x * soft.reshape(x.shape)
 
 
 def _keep_top(x: torch.Tensor, ranking: torch.Tensor, k: int, dim: int) -> torch.Tensor:
@@ -113,12 +142,12 @@ class KWinners(_KWinnersBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense:
             return torch.relu(x)
-        boosted = x.detach() * self.boost_factors()
-        out = _keep_top(x, boosted, self.current_k(), dim=1)
+        boost = self.boost_factors()
+        out = _keep_top(x, x.detach() * boost, self.current_k(), dim=1)
         if self.training:
             with torch.no_grad():
                 self._update_duty_cycle((out > 0).sum(dim=0), x.shape[0])
-        return self._with_backward(x, out)
+        return self._with_backward(x, out, boost, self.current_k(), dim_of_units=True)
 
 
 class KWinners2d(_KWinnersBase):
@@ -150,7 +179,8 @@ class KWinners2d(_KWinnersBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense:
             return torch.relu(x)
-        boosted = x.detach() * self.boost_factors().view(1, -1, 1, 1)
+        boost = self.boost_factors().view(1, -1, 1, 1)
+        boosted = x.detach() * boost
         k = self.current_k()
         if self.local:
             out = _keep_top(x, boosted, k, dim=1)
@@ -166,7 +196,7 @@ class KWinners2d(_KWinnersBase):
             with torch.no_grad():
                 per_channel = (out > 0).sum(dim=(0, 2, 3)) / (x.shape[2] * x.shape[3])
                 self._update_duty_cycle(per_channel, x.shape[0])
-        return self._with_backward(x, out)
+        return self._with_backward(x, out, boost, k, dim_of_units=self.local)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, local={self.local}, " + super().extra_repr()

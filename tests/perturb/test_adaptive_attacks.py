@@ -167,7 +167,7 @@ def test_bpda_keeps_the_forward_changes_the_backward_and_restores(trained_home, 
         raise RuntimeError("boom")
     assert [layer.bpda for layer in layers] == ["identity", None, None]
     layers[0].bpda = None
-    with pytest.raises(ValueError, match="valid: none, relu, identity"), bpda_backward(model, "sigmoid"):
+    with pytest.raises(ValueError, match="valid: none, relu, identity"), bpda_backward(model, "softmax"):
         pass
 
 
@@ -314,8 +314,8 @@ def test_square_runs_as_a_suite_evaluation(trained_home, mnist5k):
 @pytest.mark.parametrize(
     "kind, given, message",
     [
-        ("pgd", {"bpda": "sigmoid"}, "bpda='sigmoid' is out of range; valid: none, relu or identity"),
-        ("fgsm", {"bpda": None}, "bpda=None is out of range; valid: none, relu or identity"),
+        ("pgd", {"bpda": "softmax"}, "bpda='softmax' is out of range; valid: none, relu, identity, sigmoid or sigmoid:T"),
+        ("fgsm", {"bpda": None}, "bpda=None is out of range; valid: none, relu, identity, sigmoid or sigmoid:T"),
         ("pgd", {"restarts": 0}, "restarts=0 is out of range; valid: an integer >= 1"),
         ("pgd", {"restarts": 1.5}, "restarts=1.5 is out of range; valid: an integer >= 1"),
         ("pgd", {"loss": "hinge"}, "loss='hinge' is out of range; valid: ce (cross-entropy) or margin"),

@@ -85,7 +85,7 @@ def test_a_registered_attack_is_an_evaluation_kind_with_the_shared_parameters(to
     assert kind is kind_of("randsign") and kind.adversarial and kind.attack is toy and kind.strength == "eps"
     assert list(kind.params) == ["eps", "repeats", "backend", "prune"]  # no bpda: it follows no gradient
     assert kind.batch_dependent({}) and kind.prunable
-    assert list(KINDS).index("randsign") == list(KINDS).index("autoattack") + 1
+    assert list(KINDS).index("randsign") == list(KINDS).index("fd-pgd") + 1  # after the shipped attacks
     params = resolve("randsign", {"eps": 0.1}, INFO)
     assert params == {"eps": 0.1, "repeats": 1, "backend": "torchattacks", "prune": True}
 

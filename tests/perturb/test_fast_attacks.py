@@ -314,8 +314,9 @@ def test_suite_prune_flag(trained_home):
     from robustbench_sparse.runtime import Paths
 
     shipped = Paths.default()
-    # masking: unpruned sweeps for check 1, except AutoAttack (not read by check 1, and slow)
-    assert [e.name for e in load_suite(shipped, "masking", INFO).evaluations if e.pruned] == ["autoattack"]
+    # masking: unpruned sweeps for check 1, except AutoAttack and FD-PGD (not read by check 1, and slow)
+    assert [e.name for e in load_suite(shipped, "masking", INFO).evaluations if e.pruned] == [
+        "autoattack", "autoattack-bpda-relu", "autoattack-bpda-identity", "fd-pgd"]
     assert all(e.pruned for e in load_suite(shipped, "standard", INFO).evaluations if "prune" in dict(e.params))
 
 

@@ -7,6 +7,8 @@ reported for an attack that left its eps-ball. `craft` (`crafting.py`) runs any 
 - `fgsm.py`: FGSM; `iterative.py`: I-FGSM, MI-FGSM and PGD (cross-entropy or margin loss, restarts),
   run in our early-stopping loop (`loop.py`) with backend=torchattacks;
 - `square.py`: the gradient-free Square attack; `apgd.py`: APGD and the standard AutoAttack;
+- `finite_difference.py`: FD-PGD, PGD on the margin loss with finite-difference gradients
+  (forward passes only), the adaptive attack that broke k-WTA;
 - `bpda.py`: k-winners layers backpropagating through ReLU's backward or the identity;
 - `gradients.py`: the share of inputs whose input gradient is zero or not finite.
 
@@ -17,6 +19,7 @@ Adding an attack is one module that subclasses `Attack` (or `loop.IterativeAttac
 from robustbench_sparse.perturb.attacks.base import (
     BACKENDS,
     BOUND_TOLERANCE,
+    OWN,
     Attack,
     BudgetViolation,
     LibraryAttack,
@@ -47,11 +50,12 @@ from robustbench_sparse.perturb.attacks.fgsm import FGSM  # isort: skip
 from robustbench_sparse.perturb.attacks.iterative import IFGSM, MIFGSM, PGD, PGD_LOSSES, margin_loss  # isort: skip
 from robustbench_sparse.perturb.attacks.square import Square  # isort: skip
 from robustbench_sparse.perturb.attacks.apgd import APGD, APGD_LOSSES, AutoAttack  # isort: skip
+from robustbench_sparse.perturb.attacks.finite_difference import FDPGD  # isort: skip
 
 __all__ = [
-    "APGD", "APGD_LOSSES", "ATTACKS", "BACKENDS", "BOUND_TOLERANCE", "BPDA_MODES", "FGSM", "FOOLBOX_ATTACKS",
+    "APGD", "APGD_LOSSES", "FDPGD", "ATTACKS", "BACKENDS", "BOUND_TOLERANCE", "BPDA_MODES", "FGSM", "FOOLBOX_ATTACKS",
     "IFGSM", "LABELS", "MIFGSM", "PGD", "PGD_LOSSES", "Attack", "AutoAttack", "BudgetViolation",
-    "IterativeAttack", "LibraryAttack", "Square", "attack_of", "bpda_backward", "bpda_layers", "check_budget",
+    "IterativeAttack", "LibraryAttack", "OWN", "Square", "attack_of", "bpda_backward", "bpda_layers", "check_budget",
     "craft", "craft_batches", "crafting_threads", "early_stops", "gradient_health", "handles_bpda",
     "live_gradients", "looks_like_kwinners", "margin_loss", "register", "restart_seed", "runs_our_loop",
     "step_size", "unregister",

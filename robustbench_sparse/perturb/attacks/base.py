@@ -22,10 +22,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from robustbench_sparse.perturb.attacks.bpda import BPDA_MODES
+from robustbench_sparse.perturb.attacks.bpda import valid_bpda
 from robustbench_sparse.perturb.backends import BACKENDS
 from robustbench_sparse.perturb.params import Param, boolean, choice, integer, number
 from robustbench_sparse.runtime import BudgetViolation, UserError, stable_seed
+from robustbench_sparse.zoo.sparse import SURROGATE_TEMPERATURE
 
 BOUND_TOLERANCE = 1e-6
 
@@ -39,8 +40,9 @@ STEPS = Param(10, integer(1), "an integer >= 1")
 ALPHA = Param("auto", lambda v, _: v == "auto" or number(1e-9)(v, _), '"auto" (2.5 eps / steps) or > 0')
 BACKEND = Param("torchattacks", choice(*BACKENDS), " or ".join(BACKENDS))
 BPDA = Param(
-    "none", choice(*BPDA_MODES),
-    "none, relu or identity (k-winners backward: own mask, ReLU's, straight-through)",
+    "none", lambda v, _: valid_bpda(v),
+    "none, relu, identity, sigmoid or sigmoid:T with 0 < T <= 100 (k-winners backward: own mask, ReLU's, "
+    f"straight-through, or a smooth surrogate of the mask at temperature T, default {SURROGATE_TEMPERATURE:g})",
 )
 EARLY_STOP = Param(
     True, boolean(),
@@ -48,6 +50,7 @@ EARLY_STOP = Param(
     "(every image for every step, ending where the library's attack ends; default with backend=foolbox)",
 )
 _NAME = re.compile(r"[a-z][a-z0-9_-]*")  # what a spec string can name
+OWN = "own"  # the backend of an attack written in this project (no library has it)
 
 
 
@@ -85,23 +88,28 @@ class Attack(abc.ABC):
     label: str
     description: str
     own_params: Mapping[str, Param] = field(default_factory=dict)
+    # The libraries it runs through; () for an attack no library has, written here (`OWN`): it
+    # then takes no `backend` parameter.
     backends: tuple[str, ...] = ("torchattacks",)
     gradients: bool = True
     own_constraints: tuple[Constraint, ...] = ()
 
     iterative: ClassVar[bool] = False
+    stops_early: ClassVar[bool] = False  # always stops each image at its first misclassified iterate
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"attack name {self.name!r} cannot appear in a spec string; use [a-z][a-z0-9_-]*")
         unknown = [b for b in self.backends if b not in BACKENDS]
-        if unknown or not self.backends:
+        if unknown:
             raise ValueError(f"{self.name}: backends {self.backends!r}; valid: one or more of {', '.join(BACKENDS)}")
 
     @functools.cached_property
     def params(self) -> dict[str, Param]:
         """Every parameter the attack takes, with its default and valid range, in listing order."""
-        params = {"eps": EPS, **self.own_params, "backend": self._backend_param()}
+        params = {"eps": EPS, **self.own_params}
+        if self.backends:
+            params["backend"] = self._backend_param()
         if self.gradients:
             params["bpda"] = BPDA
         if self.iterative:
@@ -123,6 +131,9 @@ class Attack(abc.ABC):
 
     def check(self, params: dict[str, Any]) -> str:
         """The backend to craft with; combinations no backend can run are refused (UserError)."""
+        if not self.backends:
+            self.check_params(params, OWN)
+            return OWN
         backend = params.get("backend", self.backends[0])
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -140,6 +151,13 @@ class Attack(abc.ABC):
     @abc.abstractmethod
     def build(self, backend: str, model: nn.Module, params: dict[str, Any], seed: int = 0) -> LibraryAttack:
         """The attack of `backend` (one of `backends`) on `model` (in eval mode) with these parameters."""
+
+    def run_images(self, model: nn.Module, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor,
+                   image_seeds: list[int], batch_size: int) -> torch.Tensor | None:
+        """An attack seeded per image runs every image of x here at once (`image_seeds`: one per
+        image; `batch_size`: how many inputs a forward pass may hold), so its result for an image
+        depends on nothing else. None (the default): the attack is called per batch (`run`)."""
+        return None
 
     def batch_dependent(self, params: dict[str, Any]) -> bool:
         """Whether an image's result depends on the other images of its batch (a batch-wide

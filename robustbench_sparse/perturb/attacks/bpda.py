@@ -1,6 +1,8 @@
 """BPDA: k-winners layers backpropagate through a stand-in while their forward values stay the same.
 
-"relu": the backward of ReLU; "identity": straight-through; "none": the layers' own mask gradient.
+"relu": the backward of ReLU; "identity": straight-through; "sigmoid" (or "sigmoid:T", T the
+temperature): a smooth surrogate of the top-k mask (`sparse.soft_winners`); "none": the layers'
+own mask gradient.
 A layer takes part either by applying BPDA itself (`handles_bpda`) or by looking like a k-winners
 layer (`looks_like_kwinners`), which then gets a forward hook (docs/own-model.md#bpda-layers).
 """
@@ -15,9 +17,27 @@ import torch
 from torch import nn
 
 from robustbench_sparse.runtime import UserError
-from robustbench_sparse.zoo.sparse import _KWinnersBase
+from robustbench_sparse.zoo.sparse import SURROGATE_TEMPERATURE, _KWinnersBase, soft_winners
 
-BPDA_MODES = ("none", "relu", "identity")  # "none": the true (mask) gradient of k-winners
+BPDA_MODES = ("none", "relu", "identity", "sigmoid")  # "none": the true (mask) gradient of k-winners
+
+
+def valid_bpda(value: object) -> bool:
+    """One of `BPDA_MODES`, or "sigmoid:T" with a temperature 0 < T <= 100."""
+    if value in BPDA_MODES:
+        return True
+    if not isinstance(value, str) or not value.startswith("sigmoid:"):
+        return False
+    try:
+        temperature = float(value.partition(":")[2])
+    except ValueError:
+        return False
+    return 0 < temperature <= 100
+
+
+def temperature_of(mode: str) -> float:
+    """The surrogate's temperature in a "sigmoid[:T]" mode."""
+    return float(mode.partition(":")[2] or SURROGATE_TEMPERATURE)
 
 
 def handles_bpda(module: nn.Module) -> bool:
@@ -56,7 +76,12 @@ def _stand_in_hook(mode: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any
         if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor) or x.shape != out.shape:
             raise UserError(f"BPDA needs the k-winners layer {type(module).__name__} to return one tensor of its "
                             f"input's shape (got {type(out).__name__}); see docs/own-model.md#bpda-layers")
-        surrogate = torch.relu(x) if mode == "relu" else x
+        if mode.startswith("sigmoid"):
+            # The layer's k: how many units of each sample it let through (all of them compete).
+            k = int((out.detach().reshape(len(out), -1) != 0).sum(dim=1).max().clamp_min(1))
+            surrogate = soft_winners(x, x, k, temperature_of(mode), dim_of_units=False)
+        else:
+            surrogate = torch.relu(x) if mode == "relu" else x
         return surrogate + (out - surrogate).detach()
 
     return hook
@@ -67,10 +92,16 @@ def bpda_backward(model: nn.Module, mode: str | None) -> Iterator[nn.Module]:
     """Every k-winners layer of `model` backpropagates as `mode` says while the block runs
     (`BPDA_MODES`; None is "none"). Forward values are unchanged. Each layer's previous setting
     is restored (hooks removed) afterwards, also when the block raises."""
-    if mode not in (*BPDA_MODES, None):
-        raise ValueError(f"unknown bpda mode {mode!r}; valid: {', '.join(BPDA_MODES)}")
+    if mode is not None and not valid_bpda(mode):
+        raise ValueError(f"unknown bpda mode {mode!r}; valid: {', '.join(BPDA_MODES)} or sigmoid:T")
     value = None if mode in (None, "none") else mode
     layers, foreign = bpda_layers(model)
+    if value is not None and value.startswith("sigmoid"):
+        theirs = [type(m).__name__ for m in layers if not isinstance(m, _KWinnersBase)
+                  and getattr(type(m), "rbs_surrogate", False) is not True]
+        if theirs:
+            raise UserError(f"bpda={value}: the layer {theirs[0]} applies BPDA itself but does not declare the smooth "
+                            "surrogate (rbs_surrogate = True); see docs/own-model.md#bpda-layers")
     previous = [layer.bpda for layer in layers]
     hooks = []
     try:

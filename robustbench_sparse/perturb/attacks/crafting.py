@@ -30,7 +30,10 @@ def runs_our_loop(kind: str, params: dict[str, Any]) -> bool:
 
 
 def early_stops(kind: str, params: dict[str, Any]) -> bool:
-    """Whether the attack runs with per-image early stopping (our loop)."""
+    """Whether the attack runs with per-image early stopping (our loop, or an attack of ours that
+    always stops early)."""
+    if kind in ATTACKS and attack_of(kind).stops_early:
+        return True
     return runs_our_loop(kind, params) and bool(params.get("early_stop", True))
 
 
@@ -80,6 +83,10 @@ def craft_batches(
         if isinstance(attack, IterativeAttack) and runs_our_loop(kind, params):
             adv = our_loop(model, attack, params, x, y, seeds, image_seeds, rows, batch_size,
                            stop=early_stops(kind, params))
+        elif (pooled := attack.run_images(model, params, x[rows], y[rows], [image_seeds[i] for i in rows.tolist()],
+                                          batch_size)) is not None:
+            adv = x.clone()
+            adv[rows] = pooled.detach()
         else:
             adv = x.clone()
             for i, first in enumerate(range(0, len(x), batch_size)):
