@@ -104,7 +104,8 @@ def test_fd_pgd_is_a_kind_with_checked_parameters():
     assert "backend" not in kind.params and "bpda" not in kind.params  # our own code, forward passes only
     params = resolve("fd-pgd", {"eps": 0.2}, INFO)
     assert parse_spec(spec_string("fd-pgd", params)) == ("fd-pgd", params)
-    assert stage_samples(params) == [params["samples"], 10 * params["samples"]]
+    assert stage_samples(params) == [50]  # one stage by default
+    assert stage_samples({**params, "stages": 3}) == [50, 500, 5000]  # Tramer et al.'s schedule, tenfold
     assert forward_passes({**params, "steps": 1, "samples": 2, "stages": 1}) == 6
     for bad in ({"sigma": 0}, {"sigma": 2.0}, {"samples": 0}, {"samples": 1.5}, {"stages": 5}, {"alpha": 0},
                 {"steps": 0}, {"backend": "torchattacks"}, {"bpda": "relu"}):
