@@ -8,7 +8,7 @@ at its first misclassified iterate, so these are the suite's own costs, not an a
 The last lines give the records' span (first cell finished to last) as the wall time of the run
 that made them, when one run made them all.
 
-    python benchmarks/attack_timings.py reports/mnist5k/results.jsonl [--suite masking]
+    python benchmarks/attack_timings.py reports/mnist5k/results.jsonl
     python benchmarks/attack_timings.py reports/mnist5k/standard/records.json
 """
 
@@ -26,17 +26,14 @@ from robustbench_sparse.results.exchange import read_records
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help="results.jsonl or a report's records.json")
-    parser.add_argument("--suite", default=None, help="only the records of this suite")
     args = parser.parse_args()
 
     records = pd.DataFrame([r for f in args.files for r in read_records(f)])
-    if args.suite:
-        records = records[records["suite"] == args.suite]
     records = records[(records["source"] == records["model"]) & (records["strength"] > 0)]
     if records.empty:
         raise SystemExit("no white-box records with a positive strength in these files")
     records = records.assign(per_image=records["seconds"] / records["n"])
-    table = records.pivot_table(index="evaluation", columns="model", values="per_image", aggfunc="mean", sort=False)
+    table = records.pivot_table(index="evaluation", columns="model", values="per_image", aggfunc="mean")
     print("seconds per test image and eps (mean over the sweep's eps and the seeds)")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     dates = records["date"].map(datetime.fromisoformat)
