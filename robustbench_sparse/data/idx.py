@@ -61,11 +61,8 @@ def idx_how_to(cls_name: str, root: Path) -> str:
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def verify_idx(info: DatasetInfo, raw: Path, checksums: Mapping[str, tuple[str, int]], how_to: str) -> None:
