@@ -346,7 +346,8 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
     trained here: `plan`, its numbers read from the store. Otherwise the run's export beside its
     report (records.json, transfer.json) gives the checkpoint hashes, the test set's size and
     fingerprint and the numbers: a committed report rebuilds in a clone that has neither the
-    checkpoints nor the store. Models not named (and, with `seeds_as_recorded`, the seeds) are
+    checkpoints nor the store. Without such an export, the checkpoints not here are those the
+    store's records (`rbs import`) were computed on (`_stored_plan`). Models not named (and, with `seeds_as_recorded`, the seeds) are
     those the export records, so that `rbs report` rebuilds the report as it is."""
     request = RunRequest.of(*args, **given).resolved()
     recorded = read_recorded(run_folder(request))
@@ -361,9 +362,12 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
         return plan_from(setup, request.data_root, request.download)
     spec, seed, status = absent[0]
     if recorded is None:
+        stored = _stored_plan(setup, absent, request.data_root, request.download)
+        if stored is not None:
+            return stored
         raise UserError(f"{spec.name} (seed {seed}) on {dataset} is {status}: run {_train_first(setup, seed)} (a "
-                        f"report is rebuilt without its checkpoints only from the records.json beside it, in "
-                        f"{setup.folder})")
+                        f"report is built without its checkpoints only from the records.json beside it, in "
+                        f"{setup.folder}, or from records of them that `rbs import` put in the result store)")
     checkpoints = recorded.records.checkpoints
     lacking = [(s, n) for n in setup.seeds for s in setup.specs
                if s.family != EXTERNAL and (s.name, n) not in checkpoints]
@@ -384,6 +388,41 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
         raise UserError(f"the {dataset} test images here are not those {recorded.records.path} was computed on "
                         "(another split or data file): its report cannot be rebuilt from it here")
     return made
+
+
+def _stored_plan(setup: Setup, absent: list[tuple[ModelSpec, int, str]], data_root: Path | str | None,
+                 download: bool) -> Plan | None:
+    """A report's plan whose checkpoints are not all here but whose records are in the store (a
+    study computed in parts on several machines and merged with `rbs import`): each absent
+    checkpoint is the one its records in this environment were computed on. None when the store
+    holds no record of an absent model; a UserError when it holds records of several checkpoints
+    of one (then which one the report is of is not known)."""
+    path = store_path(setup.paths, setup.info.name)
+    if not path.exists():
+        return None
+    stored = ResultStore(path).checkpoints(setup.info.name, environment_id())
+    for spec, seed, _ in absent:
+        found = stored.get((spec.name, seed), set())
+        if not found:
+            return None
+        if len(found) > 1:
+            raise UserError(f"{spec.name} (seed {seed}) is not trained here and {path} holds records of "
+                            f"{len(found)} of its checkpoints ({', '.join(sorted(h[:12] for h in found))}): "
+                            f"train it here ({_train_first(setup, seed)}) so that the report is of one")
+    checkpoints = {}
+    for seed in setup.seeds:
+        for spec in setup.specs:
+            if spec.family == EXTERNAL:
+                if (spec.name, seed) in setup.external:
+                    checkpoints[(spec.name, seed)] = setup.external[(spec.name, seed)][0]
+                continue
+            manifest = read_manifest(setup.paths, setup.info.name, spec.name, seed)
+            if checkpoint_status(setup.paths, spec, setup.info.name, seed) == "trained" and manifest is not None:
+                checkpoints[(spec.name, seed)] = manifest.sha256
+            else:
+                (checkpoints[(spec.name, seed)],) = stored[(spec.name, seed)]
+    data = load_dataset(setup.info.name, Path(data_root) if data_root else default_data_root(), download)
+    return Plan(setup, data, checkpoints)
 
 
 def _recorded_data(setup: Setup, meta: dict[str, Any], data_root: Path | str | None, download: bool) -> Dataset:

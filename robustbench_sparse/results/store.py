@@ -211,6 +211,19 @@ class ResultStore:
         found = self.records(keys)
         return pd.DataFrame([found[k] for k in keys if k in found], columns=COLUMNS)
 
+    def checkpoints(self, dataset: str, env: str) -> dict[tuple[str, int], set[str]]:
+        """(model, seed) -> the checkpoint SHA-256s that the records of `dataset` computed in
+        environment `env` (the `|env=` of their keys) were computed on: what a report built from
+        imported records, without the checkpoints here, evaluates."""
+        out: dict[tuple[str, int], set[str]] = {}
+        with self._connect() as db:
+            rows = db.execute("SELECT DISTINCT json_extract(record, '$.model'), json_extract(record, '$.seed'), "
+                              "json_extract(record, '$.checkpoint') FROM results "
+                              "WHERE json_extract(record, '$.dataset') = ? AND key LIKE ?", (dataset, f"%|env={env}"))
+            for model, seed, sha in rows:
+                out.setdefault((str(model), int(seed)), set()).add(str(sha))
+        return out
+
     def count(self) -> int:
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])

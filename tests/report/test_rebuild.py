@@ -140,6 +140,35 @@ def test_a_report_without_checkpoints_or_records_names_what_is_missing(built, tm
     assert result.exit_code == 2 and "rebuild-seeds0_1" in result.output and "rbs train" in result.output
 
 
+def test_a_report_builds_from_imported_records_without_checkpoints(built, tmp_path):
+    """A study computed elsewhere (or in parts) and merged with `rbs import`: no checkpoint and no
+    records.json here, the store's records name the checkpoints and give the numbers."""
+    clone = _checkout(built, tmp_path / "clone")
+    shutil.rmtree(clone.reports("mnist5k") / "rebuild")
+    _rbs(clone, "import", str(built.reports("mnist5k") / "results.jsonl"))
+    said = _rbs(clone, "report", "--suite", "rebuild", "--models", MODELS)
+    assert "rebuilding from" not in said and "have no stored result" not in said
+    made, remade = built.reports("mnist5k") / "rebuild", clone.reports("mnist5k") / "rebuild"
+    tables = sorted(p.name for p in (made / "tables").glob("*.csv"))
+    assert tables and tables == sorted(p.name for p in (remade / "tables").glob("*.csv"))
+    assert [t for t in tables if (made / "tables" / t).read_bytes() != (remade / "tables" / t).read_bytes()] == []
+    meta = [json.loads((f / "records.json").read_text())["meta"] for f in (made, remade)]
+    assert meta[0]["checkpoints"] == meta[1]["checkpoints"] and len(meta[1]["checkpoints"]) == 3
+
+    # records of a second checkpoint of one model (and no records.json to say which): which one the
+    # report is of is not known
+    shutil.rmtree(remade)
+    store = harness.open_store(clone, "mnist5k")
+    other = next(r for r in store.records(store.present(
+        json.loads(line)["key"] for line in (built.reports("mnist5k") / "results.jsonl").read_text().splitlines()
+    )).values() if r["model"] == "dense")
+    sha = other["checkpoint"]
+    store.add([{**other, "checkpoint": "f" * 64, "key": other["key"].replace(f"ckpt={sha[:16]}", "ckpt=" + "f" * 16)}])
+    result = runner.invoke(app, ["report", "--suite", "rebuild", "--models", MODELS, "--home", str(clone.home)])
+    assert result.exit_code == 2 and "holds records of 2 of its checkpoints" in result.output
+    assert "rbs train" in result.output
+
+
 def test_a_zoo_entry_changed_since_the_records_is_refused(built, tmp_path):
     clone = _checkout(built, tmp_path / "clone")
     clone.zoo_spec.write_text(clone.zoo_spec.read_text().replace("epochs = 3", "epochs = 4", 1))
