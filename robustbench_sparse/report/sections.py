@@ -7,9 +7,10 @@ from typing import Any
 
 import pandas as pd
 
+from robustbench_sparse.analysis import paper
 from robustbench_sparse.analysis.adaptive import verdict_table
 from robustbench_sparse.analysis.diagnostics import CHECK_NEEDS
-from robustbench_sparse.analysis.tables import summary
+from robustbench_sparse.analysis.tables import accuracies, paper_pixel, summary
 from robustbench_sparse.evaluation.cells import environment
 from robustbench_sparse.evaluation.kinds import kind_of
 from robustbench_sparse.evaluation.suites import Suite
@@ -78,6 +79,25 @@ def noise_score(data: RunData) -> Section | None:
                       f"{ref}'s, counted over the levels both have (`levels`), one test per model (Welch's t over the "
                       "seeds' scores; with one seed, Wilcoxon's signed-rank test over the same images of how many "
                       "levels each survives), Holm-corrected over the models of this table.", shown, scores)
+
+
+def paper_table(data: RunData) -> Section | None:
+    """The paper's Table 1 beside this run, when the run measured the same quantity (full MNIST,
+    the whole test set, the 11 pixel-noise levels) and `dense` is the reference."""
+    pixel = paper_pixel(accuracies(data.white[data.white["source"] == data.white["model"]]))
+    if not paper.comparable(pixel, data.plan.info.name) or data.reference != paper.PAPER_REFERENCE:
+        return None
+    table = paper.table1(pixel, data.scores)
+    if table.empty:
+        return None
+    shown = table.assign(**{"p (Holm)": table["p (Holm)"].map(lambda p: "" if pd.isna(p) else p_text(p))})
+    return _one_table("table-1", "The paper's Table 1 beside this run", "Ahmad & Scheinkman (2019), Table 1 (full "
+                      "MNIST, 10 training seeds, mean ± std; the noise score counts the images correct over the 11 "
+                      "pixel-noise levels of the 10,000 test images, out of 110,000) beside the same networks here "
+                      "(mean ± std over `seeds`). The paper kept each seed's best epoch on the test set; these are "
+                      "the last epoch's weights, recipes chosen on the validation split. The differences from Dense "
+                      "CNN-2 (`dense`): the paper's, and this run's with Welch's t over the seeds, Holm-corrected "
+                      "over the models as in the noise-score table.", shown, table)
 
 
 def sweep(data: RunData) -> Section | None:
@@ -269,7 +289,7 @@ def _regime_fact(meta: dict[str, Any]) -> str:
 
 # The page, top to bottom. A section of one's own: register_section(name, fn) puts it before provenance.
 for _name, _fn in (("verdict", verdict_section), ("accuracy-plot", key_plot), ("overview", overview),
-                   ("ranking", ranking), ("noise-score", noise_score), ("sweep-means", sweep),
+                   ("ranking", ranking), ("table-1", paper_table), ("noise-score", noise_score), ("sweep-means", sweep),
                    ("corruptions", corruptions), ("worst-case", worst), ("per-strength", strengths),
                    ("masking-checks", masking), ("adaptive-verdict", adaptive_verdict), ("transfer", transfer), ("differences", differences),
                    ("more-plots", more_plots), ("provenance", provenance)):
