@@ -305,8 +305,12 @@ class Plan:
         ]
 
 
-def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool = False) -> Plan:
-    """The setup's trained checkpoints (refused with the command to train them) and test set."""
+def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool = False,
+              elsewhere: Mapping[tuple[str, int], str] | None = None) -> Plan:
+    """The setup's trained checkpoints (refused with the command to train them) and test set.
+    `elsewhere`: (model, seed) -> SHA-256 of checkpoints not here whose records are (a report's
+    plan from imported records, `_stored_plan`)."""
+    elsewhere = elsewhere or {}
     checkpoints = {}
     dataset = setup.info.name
     for seed in setup.seeds:
@@ -316,6 +320,9 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
                     checkpoints[(spec.name, seed)] = setup.external[(spec.name, seed)][0]
                 continue
             status = checkpoint_status(setup.paths, spec, dataset, seed)
+            if status != "trained" and (spec.name, seed) in elsewhere:
+                checkpoints[(spec.name, seed)] = elsewhere[(spec.name, seed)]
+                continue
             if status == "corrupt":
                 checkpoint_bytes(setup.paths, spec, setup.info, seed)  # raises, naming the file and the cure
             if status != "trained":
@@ -409,20 +416,8 @@ def _stored_plan(setup: Setup, absent: list[tuple[ModelSpec, int, str]], data_ro
             raise UserError(f"{spec.name} (seed {seed}) is not trained here and {path} holds records of "
                             f"{len(found)} of its checkpoints ({', '.join(sorted(h[:12] for h in found))}): "
                             f"train it here ({_train_first(setup, seed)}) so that the report is of one")
-    checkpoints = {}
-    for seed in setup.seeds:
-        for spec in setup.specs:
-            if spec.family == EXTERNAL:
-                if (spec.name, seed) in setup.external:
-                    checkpoints[(spec.name, seed)] = setup.external[(spec.name, seed)][0]
-                continue
-            manifest = read_manifest(setup.paths, setup.info.name, spec.name, seed)
-            if checkpoint_status(setup.paths, spec, setup.info.name, seed) == "trained" and manifest is not None:
-                checkpoints[(spec.name, seed)] = manifest.sha256
-            else:
-                (checkpoints[(spec.name, seed)],) = stored[(spec.name, seed)]
-    data = load_dataset(setup.info.name, Path(data_root) if data_root else default_data_root(), download)
-    return Plan(setup, data, checkpoints)
+    return plan_from(setup, data_root, download, {(spec.name, seed): min(stored[(spec.name, seed)])
+                                                  for spec, seed, _ in absent})
 
 
 def _recorded_data(setup: Setup, meta: dict[str, Any], data_root: Path | str | None, download: bool) -> Dataset:
