@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from robustbench_sparse.analysis.tables import seed_stats
+from robustbench_sparse.analysis.tables import noise_scores, seed_stats
 
 
 class PaperRow(NamedTuple):
@@ -57,7 +57,7 @@ def table1(pixel: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     clean = seed_stats(rows[rows["strength"] == 0], ["model"], digits=2)
-    score = seed_stats(rows, ["model"], "correct", scale=1.0, digits=0, reduce="sum")
+    score = noise_scores(rows)
     seeds = rows.groupby("model")["seed"].nunique()
     tested = scores.set_index("model") if not scores.empty else pd.DataFrame(columns=["difference", "p (Holm)"])
     base = TABLE1[PAPER_REFERENCE].noise_score

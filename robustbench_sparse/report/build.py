@@ -45,9 +45,9 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
     if unknown or not formats:
         raise UserError(f"unknown report format(s) {', '.join(sorted(unknown)) or '(none given)'}; "
                         f"valid: {', '.join(FORMATS)}")
-    if plan.recorded is not None:
+    if plan.recorded is not None or plan.imported:  # numbers of checkpoints not here: of the models their cards describe
         check_architectures(plan)
-    else:  # numbers computed here: never written over a report made another way unless asked
+    if plan.recorded is None:  # numbers from the store: never written over a report made another way unless asked
         guard(plan.setup, replace)
     try:
         data = load_run(plan)

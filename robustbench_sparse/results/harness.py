@@ -258,6 +258,7 @@ class Plan:
     data: Dataset
     checkpoints: dict[tuple[str, int], str]
     recorded: Recorded | None = None
+    imported: tuple[tuple[str, int], ...] = ()  # (model, seed) not trained here, whose records `rbs import` put in the store
 
     paths = property(lambda self: self.setup.paths)
     suite = property(lambda self: self.setup.suite)
@@ -331,7 +332,7 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
             assert manifest is not None
             checkpoints[(spec.name, seed)] = manifest.sha256
     data = load_dataset(dataset, Path(data_root) if data_root else default_data_root(), download)
-    return Plan(setup, data, checkpoints)
+    return Plan(setup, data, checkpoints, imported=tuple(k for k in checkpoints if k in elsewhere))
 
 
 def _train_first(setup: Setup, seed: int) -> str:
@@ -354,8 +355,9 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
     report (records.json, transfer.json) gives the checkpoint hashes, the test set's size and
     fingerprint and the numbers: a committed report rebuilds in a clone that has neither the
     checkpoints nor the store. Without such an export, the checkpoints not here are those the
-    store's records (`rbs import`) were computed on (`_stored_plan`). Models not named (and, with `seeds_as_recorded`, the seeds) are
-    those the export records, so that `rbs report` rebuilds the report as it is."""
+    store's records (`rbs import`) were computed on (`_stored_plan`). Models not named (and, with
+    `seeds_as_recorded`, the seeds) are those the export records, so that `rbs report` rebuilds the
+    report as it is."""
     request = RunRequest.of(*args, **given).resolved()
     recorded = read_recorded(run_folder(request))
     if recorded is not None:
@@ -408,9 +410,9 @@ def _stored_plan(setup: Setup, absent: list[tuple[ModelSpec, int, str]], data_ro
     if not path.exists():
         return None
     stored = ResultStore(path).checkpoints(setup.info.name, environment_id())
-    for spec, seed, _ in absent:
+    for spec, seed, status in absent:
         found = stored.get((spec.name, seed), set())
-        if not found:
+        if not found or status != "missing":  # a stale or damaged checkpoint here is named as such
             return None
         if len(found) > 1:
             raise UserError(f"{spec.name} (seed {seed}) is not trained here and {path} holds records of "

@@ -155,9 +155,16 @@ def test_a_report_builds_from_imported_records_without_checkpoints(built, tmp_pa
     meta = [json.loads((f / "records.json").read_text())["meta"] for f in (made, remade)]
     assert meta[0]["checkpoints"] == meta[1]["checkpoints"] and len(meta[1]["checkpoints"]) == 3
 
+    # a zoo entry changed since: the imported numbers are of the model its card describes
+    shutil.rmtree(remade)
+    zoo = clone.zoo_spec.read_text()
+    clone.zoo_spec.write_text(zoo.replace("epochs = 3", "epochs = 4", 1))
+    result = runner.invoke(app, ["report", "--suite", "rebuild", "--models", MODELS, "--home", str(clone.home)])
+    assert result.exit_code == 2 and "describes dense otherwise than its card" in result.output
+    clone.zoo_spec.write_text(zoo)
+
     # records of a second checkpoint of one model (and no records.json to say which): which one the
     # report is of is not known
-    shutil.rmtree(remade)
     store = harness.open_store(clone, "mnist5k")
     other = next(r for r in store.records(store.present(
         json.loads(line)["key"] for line in (built.reports("mnist5k") / "results.jsonl").read_text().splitlines()
