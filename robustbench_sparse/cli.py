@@ -446,6 +446,22 @@ def check(
 
 @app.command()
 @_user_errors
+def claims(
+    dataset: Annotated[DatasetName, typer.Option("--dataset", "-d", help="Dataset whose committed reports to read.")] = DatasetName(DEFAULT_DATASET),
+    home: HomeOpt = None,
+) -> None:
+    """Test each published claim about sparse networks on the dataset's committed reports (their
+    records exports: no training) and write reports/<dataset>/claims.md with the verdicts."""
+    from robustbench_sparse.report.claims import build_claims
+
+    paths = Paths(home) if home else Paths.default()
+    result = build_claims(paths, dataset.value)
+    _print_table(result.verdicts[["claim", "comparisons", "hold", "reversed", "largest difference", "verdict"]])
+    typer.echo(f"claims: {result.markdown}\ncomparisons: {result.csv}")
+
+
+@app.command()
+@_user_errors
 def evaluations() -> None:
     """List the evaluation kinds a suite can use, with their parameters and valid ranges."""
     import pandas as pd

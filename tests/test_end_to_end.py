@@ -55,7 +55,7 @@ def _rbs(paths, *args, device=True):
 
 
 def test_the_shipped_suites_are_the_documented_ones():
-    assert SHIPPED == ["corruptions", "masking", "paper", "quick", "standard"]
+    assert SHIPPED == ["corruptions", "forum", "masking", "paper", "quick", "standard"]
 
 
 @pytest.mark.parametrize("suite", SHIPPED)
