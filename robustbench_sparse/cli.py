@@ -29,6 +29,7 @@ app = typer.Typer(
 DatasetName = enum.StrEnum("DatasetName", {name: name for name in DATASETS})  # type: ignore[misc]
 DeviceName = enum.StrEnum("DeviceName", {name: name for name in DEVICES})  # type: ignore[misc]
 AUTO = DeviceName("auto")
+DEFAULT_DATASET_NAME = DatasetName(DEFAULT_DATASET)
 
 DatasetOpt = Annotated[DatasetName | None, typer.Option(
     "--dataset", "-d", help=f"Dataset to use (default: {DEFAULT_DATASET}; for check: the baseline's).")]
@@ -447,7 +448,8 @@ def check(
 @app.command()
 @_user_errors
 def claims(
-    dataset: Annotated[DatasetName, typer.Option("--dataset", "-d", help="Dataset whose committed reports to read.")] = DatasetName(DEFAULT_DATASET),
+    dataset: Annotated[DatasetName, typer.Option(
+        "--dataset", "-d", help="Dataset whose committed reports to read.")] = DEFAULT_DATASET_NAME,
     home: HomeOpt = None,
 ) -> None:
     """Test each published claim about sparse networks on the dataset's committed reports (their

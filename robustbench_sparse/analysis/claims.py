@@ -202,7 +202,7 @@ def _masked(claim: Claim, rows: pd.DataFrame, masking: pd.DataFrame | None) -> s
             continue
         standard, every = float(mine["vs ref (standard)"].iloc[0]), float(mine["vs ref (every attack)"].iloc[0])
         significant = every > 0 and float(mine["p (Holm)"].iloc[0]) < ALPHA
-        if 0 < standard and every < standard and not significant:
+        if standard > 0 and every < standard and not significant:
             gone[f"{r.better} at ε = {r.strength:g}"] = f"{standard:+.0f} → {every:+.0f}"
     return "; ".join(f"{where}: {change} points" for where, change in gone.items()) or None
 

@@ -16,6 +16,7 @@ atomically; the driver alone writes the result store.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as futures
 import itertools
 import multiprocessing
@@ -97,6 +98,15 @@ def _train(spec: ModelSpec, data: Dataset, seed: int, device: str,
 # One pool per size for the life of this process: starting a worker (a fresh interpreter that
 # imports torch) takes seconds, so every run of a session (a test session, a notebook) reuses it.
 _POOLS: dict[int, futures.ProcessPoolExecutor] = {}
+
+
+@atexit.register
+def _close_pools() -> None:
+    """Stop the workers before the interpreter tears its modules down: a pool left to the garbage
+    collector then prints "Exception ignored in ... weakref_cb" at every exit."""
+    for pool in _POOLS.values():
+        pool.shutdown(wait=True, cancel_futures=True)
+    _POOLS.clear()
 
 
 def _pool(size: int) -> futures.ProcessPoolExecutor:
