@@ -16,7 +16,6 @@ no significant gain at the strengths both reports share.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -163,12 +162,7 @@ def comparisons(records_by_suite: Mapping[str, pd.DataFrame], claims: tuple[Clai
         if records is None or records.empty:
             continue
         for c in claim.comparisons:
-            with warnings.catch_warnings():
-                # scipy warns of precision loss when the per-seed accuracies are nearly identical
-                # (both models at 0% under a strong attack); the test's p is then ~1, as it should be
-                warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
-                found = _cell_rows(records, c)
-            for row in found:
+            for row in _cell_rows(records, c):
                 rows.append({"claim": claim.id, "better": c.better, "worse": c.worse, "evaluation": c.evaluation,
                              "source": c.source or "", **row})
     frame = pd.DataFrame(rows, columns=[c for c in ROW_COLUMNS if c not in ("p (Holm)", "result")])

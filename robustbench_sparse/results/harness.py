@@ -376,7 +376,8 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
             return stored
         raise UserError(f"{spec.name} (seed {seed}) on {dataset} is {status}: run {_train_first(setup, seed)} (a "
                         f"report is built without its checkpoints only from the records.json beside it, in "
-                        f"{setup.folder}, or from records of them that `rbs import` put in the result store)")
+                        f"{setup.folder}, or from records of them that `rbs import` put in the result store)"
+                        + (_other_seeds(setup) if seeds_as_recorded else ""))
     checkpoints = recorded.records.checkpoints
     lacking = [(s, n) for n in setup.seeds for s in setup.specs
                if s.family != EXTERNAL and (s.name, n) not in checkpoints]
@@ -397,6 +398,14 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
         raise UserError(f"the {dataset} test images here are not those {recorded.records.path} was computed on "
                         "(another split or data file): its report cannot be rebuilt from it here")
     return made
+
+
+def _other_seeds(setup: Setup) -> str:
+    """Where no seeds were given: the reports of the same run over other seeds, and how to rebuild one."""
+    found = [(folder.name, recorded.seeds) for folder in sorted(setup.folder.parent.glob(f"{setup.folder.name}-seeds*"))
+             for recorded in [read_recorded(folder)] if recorded is not None]
+    return "".join(f"; {name} holds seeds {','.join(map(str, seeds))}: `--seeds {','.join(map(str, seeds))}` "
+                   "rebuilds it" for name, seeds in found)
 
 
 def _stored_plan(setup: Setup, absent: list[tuple[ModelSpec, int, str]], data_root: Path | str | None,

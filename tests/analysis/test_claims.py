@@ -139,7 +139,7 @@ def test_rbs_claims_rebuilds_the_committed_pages_from_the_reports_alone(tmp_path
     for part in ("models", "attacks"):
         shutil.copytree(REPO_ROOT / part, home / part, ignore=shutil.ignore_patterns("*.pt", "*-seed*.json"))
     runner = CliRunner()
-    for dataset in ("mnist5k", "fashion-mnist"):
+    for dataset in ("mnist5k", "fashion-mnist", "mnist"):
         shutil.copytree(REPO_ROOT / "reports" / dataset, home / "reports" / dataset)
         (home / "reports" / dataset / "claims.md").unlink()
         result = runner.invoke(app, ["claims", "--dataset", dataset, "--home", str(home)])

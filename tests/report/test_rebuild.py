@@ -220,3 +220,21 @@ def test_a_reports_records_import_into_another_home_as_they_were_stored(built, t
     mine = harness.open_store(other, "mnist5k").records(keys)
     theirs = harness.open_store(built, "mnist5k").records(keys)
     assert mine == theirs  # the stored record itself, not only its numbers
+
+
+def test_without_seeds_a_clone_is_told_which_seeds_the_committed_report_holds(built, tmp_path):
+    """Only a report over several seeds is committed (noise-seeds0_1): `rbs report --suite noise`
+    in a clone (seed 0 by default, folder `noise`, nothing there) names it and the `--seeds` that
+    rebuild it, and that command does."""
+    home = _checkout(built, tmp_path / "made")
+    shutil.copytree(built.checkpoints("mnist5k"), home.checkpoints("mnist5k"))
+    _rbs(home, "train", "--models", "dense", "--seeds", "1")
+    _rbs(home, "evaluate", "--suite", "noise", "--models", "dense", "--seeds", "0,1", "--device", "cpu")
+    _rbs(home, "report", "--suite", "noise", "--models", "dense", "--seeds", "0,1")
+    clone = _checkout(home, tmp_path / "clone")
+    result = runner.invoke(app, ["report", "--suite", "noise", "--home", str(clone.home)])
+    assert result.exit_code == 2
+    assert "noise-seeds0_1 holds seeds 0,1: `--seeds 0,1` rebuilds it" in result.output
+    _rbs(clone, "report", "--suite", "noise", "--seeds", "0,1")
+    assert (clone.reports("mnist5k") / "noise-seeds0_1" / "report.md").read_text() == \
+        (home.reports("mnist5k") / "noise-seeds0_1" / "report.md").read_text()
