@@ -5,6 +5,7 @@ committed reports (no training)."""
 from __future__ import annotations
 
 import shutil
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,9 @@ N = 400
 
 def _record(model: str, seed: int, evaluation: str, strength: float, accuracy: float, kind: str | None = None,
             spec: str | None = None, source: str | None = None, rng: np.random.Generator | None = None) -> dict:
-    rng = rng or np.random.default_rng(abs(hash((model, seed, evaluation, strength))) % 2**32)
+    # one draw per seed and cell, whatever the model: equal accuracies give equal records, and a
+    # higher one is correct on a superset of the images (str hashes vary between processes: crc32)
+    rng = rng or np.random.default_rng(zlib.crc32(repr((seed, evaluation, strength)).encode()))
     flags = rng.random(N) < accuracy
     kind = kind or evaluation
     return {"model": model, "seed": seed, "evaluation": evaluation, "kind": kind, "metric": "accuracy",
