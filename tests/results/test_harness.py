@@ -216,7 +216,7 @@ def test_bad_suites_are_refused_before_any_work(tiny_home, entry, message, monke
 
 
 def test_unknown_suite_lists_the_valid_ones(tiny_home):
-    with pytest.raises(UserError, match=r"unknown suite .nope.; valid: corruptions, masking, paper, quick, standard \(files in"):
+    with pytest.raises(UserError, match=r"unknown suite .nope.; valid: corruptions, forum, masking, paper, quick, standard \(files in"):
         harness.plan("mnist5k", "nope", home=tiny_home.home)
 
 
