@@ -356,6 +356,28 @@ def import_(
                         "this code do not use them)", fg=typer.colors.YELLOW)
 
 
+@app.command("export")
+@_user_errors
+@run_command(omit=("device", "download", "executor", "address", "workers"))
+def export_(
+    request: RunRequest,
+    out: Annotated[Path, typer.Option(help="Where to write the part's records (<name>.jsonl; its checkpoints' "
+                                           "manifests go beside it, as <name>-checkpoints.json).")],
+    replace_existing: Annotated[bool, typer.Option(
+        "--replace", help="Replace files already at --out with other content; without it the export is refused.")] = False,
+) -> None:
+    """Write one part of a study computed in parts: the stored records of a suite's cells (with
+    its transfer cells) for the models and seeds given, and their checkpoints' manifests, for
+    `rbs import` in another home. Every cell must have its result."""
+    from robustbench_sparse.results import harness
+    from robustbench_sparse.results.exchange import export_part
+
+    the_plan = harness.plan(replace(request, device="cpu"))
+    part = export_part(the_plan, out, replace_existing)
+    typer.echo(f"{part.count} records{' (unchanged)' if part.unchanged else ''}: {part.records}\n"
+               f"checkpoints' manifests: {part.manifests}")
+
+
 @app.command()
 @_user_errors
 @run_command()

@@ -1,8 +1,10 @@
 """Records between homes: a study computed in parts, on several machines, merged into one home.
 
-A home's records leave it as `results.jsonl` (`export_results`: every record of a dataset's store,
-one JSON object per line, as the store holds it) or as the export beside a report
-(`reports/<dataset>/<run>/records.json` and `transfer.json`: the run's metadata and its records).
+A home's records leave it as a part (`export_part`: the records of one run's cells, for some models
+and seeds, one JSON object per line as the store holds them, with the manifests of the checkpoints
+they were computed on), as `results.jsonl` (every record of a dataset's store, written after each
+run) or as the export beside a report (`reports/<dataset>/<run>/records.json` and `transfer.json`:
+the run's metadata and its records).
 `import_records` merges such files into the home's result stores, one per dataset. A record is
 keyed by everything its number depends on (`evaluation.cells`), so two machines that computed the
 same cell hold the same key: the same numbers are one record, and different numbers under one key
@@ -13,6 +15,7 @@ they are imported as they are, kept apart, and counted in the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import Any
 
 from robustbench_sparse.evaluation.cells import environment_id
 from robustbench_sparse.results import harness
-from robustbench_sparse.runtime import Paths, UserError
+from robustbench_sparse.runtime import Paths, UserError, atomic_write_text
 
 # What a record must hold to be stored: its key, its cell's identity and its numbers.
 REQUIRED = ("key", "dataset", "model", "seed", "spec", "n", "correct", "flags")
@@ -147,9 +150,61 @@ def import_records(paths: Paths, files: Iterable[Path]) -> list[Imported]:
     return summaries
 
 
-def export_results(paths: Paths, dataset: str, out: Path | None = None) -> Path:
-    """Every record of the dataset's store as results.jsonl (beside the store unless `out` says
-    where): what another home imports with `import_records`."""
-    if not harness.store_path(paths, dataset).exists():
-        raise UserError(f"no result store for {dataset} in {paths.home / 'reports' / dataset}: nothing to export")
-    return harness.open_store(paths, dataset).export_jsonl(out)
+@dataclass(frozen=True)
+class Part:
+    """What `export_part` wrote."""
+
+    records: Path
+    manifests: Path
+    count: int
+    unchanged: bool  # both files were already there with this content
+
+
+def manifests_path(records: Path) -> Path:
+    """Where a part's checkpoint manifests go: beside its records, `<stem>-checkpoints.json`."""
+    return records.with_name(f"{records.stem}-checkpoints.json")
+
+
+def export_part(plan: harness.Plan, out: Path, replace: bool = False) -> Part:
+    """The stored records of a run's cells (its evaluations, and its transfer cells where the
+    suite has them) for the plan's models and seeds, as one part of a study computed in parts:
+    `out`, JSON lines that `import_records` reads, and beside it (`manifests_path`) the manifests
+    of the checkpoints they were computed on (validation and test accuracy, training time,
+    SHA-256), which are not committed themselves. A part is whole: a cell without a stored result
+    refuses the export. Files already there with other content are replaced only with `replace`;
+    nothing is written when anything is refused."""
+    from robustbench_sparse.results.transfer import transfer_cells  # it imports harness, as this module does
+    from robustbench_sparse.zoo.checkpoints import read_manifest
+
+    out = Path(out)
+    if out.suffix != ".jsonl":
+        raise UserError(f"{out}: a part is written as JSON lines; name it <name>.jsonl")
+    cells = plan.cells() + (transfer_cells(plan) if plan.suite.transfer_cells() else [])
+    store = harness.open_store(plan.paths, plan.info.name)
+    stored = store.records(c.key for c in cells)
+    missing = [c for c in cells if c.key not in stored]
+    if missing:
+        first = missing[0]
+        crafted = f", crafted on {first.crafted_on[0]}" if first.crafted_on[0] != first.model else ""
+        seeds = ",".join(map(str, plan.seeds))
+        raise UserError(f"{len(missing)} of the {len(cells)} cells of suite {plan.suite.name!r} for these models and "
+                        f"seeds {seeds} have no stored result (the first: {first.model} seed {first.seed}, "
+                        f"{first.spec}{crafted}): run `rbs evaluate` (and `rbs transfer`) with the same options "
+                        "first; nothing was written")
+    manifests = {}
+    for model, seed in plan.checkpoints:
+        manifest = read_manifest(plan.paths, plan.info.name, model, seed)
+        if manifest is not None:  # a model brought as an object has none
+            manifests[f"{model}/seed{seed}"] = dataclasses.asdict(manifest)
+    manifests = dict(sorted(manifests.items()))
+    texts = {out: store.jsonl(stored), manifests_path(out): json.dumps(manifests, indent=1) + "\n"}
+    there = {path: path.read_text(encoding="utf-8") if path.is_file() else None for path in texts}
+    other = [path for path, text in texts.items() if there[path] is not None and there[path] != text]
+    if other and not replace:
+        raise UserError(f"{other[0]} is already there with other content (another part, or records computed "
+                        "another way): give another --out, or --replace to replace it; nothing was written")
+    for path, text in texts.items():
+        if there[path] != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
+    return Part(out, manifests_path(out), len(stored), all(there[p] == t for p, t in texts.items()))

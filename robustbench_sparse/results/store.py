@@ -228,12 +228,17 @@ class ResultStore:
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
-    def export_jsonl(self, path: Path | None = None) -> Path:
-        """A readable copy of every record, one JSON object per line, ordered by key."""
-        path = path or self.path.with_suffix(".jsonl")
+    def jsonl(self, keys: Iterable[str] | None = None) -> str:
+        """Every record (or those of `keys`), one JSON object per line as stored, ordered by key."""
         with self._connect() as db:
-            lines = [r for (r,) in db.execute("SELECT record FROM results ORDER BY key")]
-        atomic_write_text(path, "".join(line + "\n" for line in lines))
+            rows = list(db.execute("SELECT key, record FROM results ORDER BY key"))
+        wanted = None if keys is None else set(keys)
+        return "".join(record + "\n" for key, record in rows if wanted is None or key in wanted)
+
+    def export_jsonl(self, path: Path | None = None) -> Path:
+        """A readable copy of every record (`jsonl`)."""
+        path = path or self.path.with_suffix(".jsonl")
+        atomic_write_text(path, self.jsonl())
         return path
 
     def import_jsonl(self, path: Path | None = None) -> int:

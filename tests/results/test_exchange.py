@@ -14,6 +14,7 @@ from robustbench_sparse.cli import app
 from robustbench_sparse.evaluation.cells import Cell, environment_id
 from robustbench_sparse.evaluation.suites import Evaluation
 from robustbench_sparse.results import exchange, harness
+from robustbench_sparse.results.transfer import transfer_cells
 from robustbench_sparse.runtime import REPO_ROOT, Paths
 from tests.conftest import make_home
 
@@ -29,11 +30,20 @@ def _home(trained: Paths, folder: Path) -> Paths:
     return home
 
 
+def _export(home: Paths, models: str, out: Path, *more: str):
+    return runner.invoke(app, ["export", "--suite", "quick", "--models", models, "--out", str(out),
+                               "--home", str(home.home), *more])
+
+
 def _evaluate(home: Paths, models: str) -> Path:
-    result = runner.invoke(app, ["evaluate", "--suite", "quick", "--models", models, "--device", "cpu",
-                                 "--home", str(home.home)])
+    for command in ("evaluate", "transfer"):  # a part is whole: the suite's transfer cells too
+        result = runner.invoke(app, [command, "--suite", "quick", "--models", models, "--device", "cpu",
+                                     "--home", str(home.home)])
+        assert result.exit_code == 0, result.output
+    out = home.home / f"{models.split(',')[0]}-part.jsonl"
+    result = _export(home, models, out)
     assert result.exit_code == 0, result.output
-    return exchange.export_results(home, "mnist5k", home.home / f"{models.split(',')[0]}-part.jsonl")
+    return out
 
 
 def _lines(path: Path) -> list[dict]:
@@ -61,13 +71,61 @@ def test_parts_imported_into_one_home_are_the_full_runs_records(study, tmp_path)
     assert f"mnist5k: {len(a) + len(b)} new, 0 already present" in result.output
     assert "another environment" not in result.output
 
-    ours = _lines(exchange.export_results(merged, "mnist5k", tmp_path / "merged.jsonl"))
-    assert [r["key"] for r in ours] == [r["key"] for r in full]  # same keys (each export is ordered by key)
-    strip = [{k: v for k, v in r.items() if k not in WHEN} for r in ours]
-    assert strip == [{k: v for k, v in r.items() if k not in WHEN} for r in full]  # same numbers, flags, specs
+    ours = [json.loads(line) for line in harness.open_store(merged, "mnist5k").jsonl().splitlines()]
+
+    def strip(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in WHEN} for r in records]
+
+    def own(records: list[dict]) -> list[dict]:  # not transfer: crafted on the model scored
+        return [r for r in records if r["source"] == r["model"]]
+
+    # The same keys (each export is ordered by key), the same numbers, flags and specs.
+    assert [r["key"] for r in own(ours)] == [r["key"] for r in own(full)]
+    assert strip(own(ours)) == strip(own(full))
+    # Transfer between models of one part is the full run's; between parts (and from an ensemble
+    # of other members) no part holds it.
+    by_key = {r["key"]: r for r in strip(full)}
+    shared = [r for r in strip(ours) if r["source"] != r["model"] and r["key"] in by_key]
+    assert shared and all(by_key[r["key"]] == r for r in shared)
 
     again = _import(merged, study["a"], study["a"])
     assert again.exit_code == 0 and f"mnist5k: 0 new, {2 * len(a)} already present" in again.output
+
+
+def test_a_part_is_the_suites_cells_for_its_models_with_their_checkpoints_manifests(study, trained_home):
+    home = Paths(study["root"] / "part0")
+    the_plan = harness.plan(suite="quick", models=PARTS[0].split(","), device="cpu", home=home.home)
+    cells = the_plan.cells() + transfer_cells(the_plan)
+    records = _lines(study["a"])
+    assert sorted(r["key"] for r in records) == sorted(c.key for c in cells)
+    assert [r["key"] for r in records] == sorted(r["key"] for r in records)  # ordered by key, as the store
+    manifests = json.loads(exchange.manifests_path(study["a"]).read_text())
+    assert sorted(manifests) == sorted(f"{m}/seed0" for m in PARTS[0].split(","))
+    for record in records:
+        assert manifests[f"{record['model']}/seed0"]["sha256"] == record["checkpoint"]
+
+    again = _export(home, PARTS[0], study["a"])  # the same part again: nothing changes
+    assert again.exit_code == 0 and "(unchanged)" in again.output
+
+
+def test_an_export_is_refused_while_a_cell_lacks_its_result_or_would_replace_another_part(study, tmp_path):
+    home = Paths(study["root"] / "part0")  # evaluated for PARTS[0] only; every model is trained there
+    out = tmp_path / "part.jsonl"
+    result = _export(home, "dense,kwinner", out)
+    assert result.exit_code == 2 and "have no stored result (the first: kwinner seed 0" in result.output
+    assert "nothing was written" in result.output and not out.exists()
+    assert not exchange.manifests_path(out).exists()
+
+    assert _export(home, "dense", out).exit_code == 0
+    before = out.read_text()
+    result = _export(home, PARTS[0], out)  # another part at the same place
+    assert result.exit_code == 2 and "--replace" in result.output and out.read_text() == before
+    result = _export(home, PARTS[0], out, "--replace")
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == study["a"].read_text()
+
+    result = _export(home, "dense", tmp_path / "part.json")
+    assert result.exit_code == 2 and "<name>.jsonl" in result.output
 
 
 def test_a_record_with_other_numbers_refuses_the_whole_import_and_writes_nothing(study, tmp_path):
