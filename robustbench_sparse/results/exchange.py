@@ -15,10 +15,9 @@ they are imported as they are, kept apart, and counted in the summary.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +194,7 @@ def export_part(plan: harness.Plan, out: Path, replace: bool = False) -> Part:
     for model, seed in plan.checkpoints:
         manifest = read_manifest(plan.paths, plan.info.name, model, seed)
         if manifest is not None:  # a model brought as an object has none
-            manifests[f"{model}/seed{seed}"] = dataclasses.asdict(manifest)
+            manifests[f"{model}/seed{seed}"] = asdict(manifest)
     manifests = dict(sorted(manifests.items()))
     texts = {out: store.jsonl(stored), manifests_path(out): json.dumps(manifests, indent=1) + "\n"}
     there = {path: path.read_text(encoding="utf-8") if path.is_file() else None for path in texts}
