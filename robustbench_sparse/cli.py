@@ -323,7 +323,7 @@ def report(
     the_plan = harness.report_plan(request, seeds_as_recorded=not given)
     _print_notes(the_plan.setup.notes)
     if the_plan.recorded is not None:
-        typer.echo(f"checkpoints not here: rebuilding from {the_plan.recorded.records.path}")
+        typer.echo(f"no stored result of its checkpoints here: rebuilding from {the_plan.recorded.records.path}")
     result = build_report(the_plan, formats=("latex",) if format.value == "latex" else ("markdown", "html"),
                           replace=replace_existing)
     if result.missing:

@@ -87,6 +87,20 @@ def make_home(folder: Path) -> Paths:
     return Paths(folder)
 
 
+def repository_clone(folder: Path) -> Path:
+    """The home of a fresh clone of this repository: its zoo and suites, no checkpoint, no reports."""
+    for part in ("models", "attacks"):
+        shutil.copytree(REPO_ROOT / part, folder / part, ignore=shutil.ignore_patterns("*.pt", "*-seed*.json"))
+    return folder
+
+
+def report_files(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (a reports folder) but the result store and its readable copy, which
+    are not committed: what a rebuilt report is compared on."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith("results.")}
+
+
 @pytest.fixture()
 def tiny_home(tmp_path: Path) -> Paths:
     return make_home(tmp_path)

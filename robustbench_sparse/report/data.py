@@ -103,7 +103,8 @@ def load_run(plan: harness.Plan) -> RunData:
             raise UserError(f"no cell of suite {plan.suite.name!r} is in {recorded.records.path} (the suite changed "
                             "since its report was written?); train and evaluate its models to rebuild it")
         raise UserError(f"no stored results for run {plan.setup.run_name!r} on {plan.info.name}; run "
-                        f"`rbs evaluate --dataset {plan.info.name} --suite {plan.suite.name}{backend}` first")
+                        f"`rbs evaluate --dataset {plan.info.name} --suite {plan.suite.name}{backend}` first"
+                        + harness.other_seeds(plan.setup))
     exports = {"records": harness.export_doc(white, plan, "records")}
     if not moves.empty:
         exports["transfer"] = harness.export_doc(moves, plan, "transfer")

@@ -368,8 +368,12 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
     absent = [(spec, seed, status) for seed in setup.seeds for spec in setup.specs if spec.family != EXTERNAL
               for status in [checkpoint_status(setup.paths, spec, dataset, seed)] if status != "trained"]
     if not absent:
-        return plan_from(setup, request.data_root, request.download)
-    spec, seed, status = absent[0]
+        here = plan_from(setup, request.data_root, request.download)
+        if recorded is None or not _recorded_only(here, recorded):
+            return here
+        seed = setup.seeds[0]  # the same checkpoints as the export's: rebuilt from it, as in a clone
+    else:
+        spec, seed, status = absent[0]
     if recorded is None:
         stored = _stored_plan(setup, absent, request.data_root, request.download)
         if stored is not None:
@@ -377,7 +381,7 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
         raise UserError(f"{spec.name} (seed {seed}) on {dataset} is {status}: run {_train_first(setup, seed)} (a "
                         f"report is built without its checkpoints only from the records.json beside it, in "
                         f"{setup.folder}, or from records of them that `rbs import` put in the result store)"
-                        + (_other_seeds(setup) if seeds_as_recorded else ""))
+                        + (other_seeds(setup) if seeds_as_recorded else ""))
     checkpoints = recorded.records.checkpoints
     lacking = [(s, n) for n in setup.seeds for s in setup.specs
                if s.family != EXTERNAL and (s.name, n) not in checkpoints]
@@ -400,7 +404,17 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
     return made
 
 
-def _other_seeds(setup: Setup) -> str:
+def _recorded_only(plan: Plan, recorded: Recorded) -> bool:
+    """Whether the report of `plan`, whose checkpoints are all here, is to be rebuilt from the
+    export beside it: each checkpoint is the one the export records (retrained bit for bit, or
+    copied) and the store holds none of the run's cells (no `rbs evaluate` here yet)."""
+    if plan.setup.external or any(recorded.records.checkpoints.get(k) != sha for k, sha in plan.checkpoints.items()):
+        return False
+    path = store_path(plan.paths, plan.info.name)
+    return not path.exists() or not ResultStore(path).present(c.key for c in plan.cells())
+
+
+def other_seeds(setup: Setup) -> str:
     """Where no seeds were given: the reports of the same run over other seeds, and how to rebuild one."""
     found = [(folder.name, recorded.seeds) for folder in sorted(setup.folder.parent.glob(f"{setup.folder.name}-seeds*"))
              for recorded in [read_recorded(folder)] if recorded is not None]

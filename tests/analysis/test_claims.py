@@ -28,6 +28,7 @@ from robustbench_sparse.cli import app
 from robustbench_sparse.evaluation.cells import encode_flags
 from robustbench_sparse.results.harness import read_recorded
 from robustbench_sparse.runtime import REPO_ROOT, Paths
+from tests.conftest import repository_clone
 
 N = 400
 
@@ -138,9 +139,7 @@ def test_every_claim_names_a_shipped_suite_and_models_of_the_zoo():
 def test_rbs_claims_rebuilds_the_committed_pages_from_the_reports_alone(tmp_path):
     """A home with the committed reports and no checkpoint: `rbs claims` writes each dataset's page,
     identical to the committed one; a dataset without reports is refused (exit 2)."""
-    home = tmp_path / "home"
-    for part in ("models", "attacks"):
-        shutil.copytree(REPO_ROOT / part, home / part, ignore=shutil.ignore_patterns("*.pt", "*-seed*.json"))
+    home = repository_clone(tmp_path / "home")
     runner = CliRunner()
     for dataset in ("mnist5k", "fashion-mnist", "mnist"):
         shutil.copytree(REPO_ROOT / "reports" / dataset, home / "reports" / dataset)

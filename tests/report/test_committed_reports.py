@@ -17,6 +17,7 @@ from robustbench_sparse.cli import app
 from robustbench_sparse.data import datasets as data
 from robustbench_sparse.data.idx import IDX_FILES
 from robustbench_sparse.runtime import REPO_ROOT
+from tests.conftest import report_files, repository_clone
 
 SHARED = Path(os.environ.get("RBS_SHARED_DATA", REPO_ROOT.parent / "shared" / "datasets"))
 HAVE_MNIST = all((SHARED / "MNIST" / "raw" / name).is_file() for name in IDX_FILES)
@@ -26,11 +27,6 @@ FOLDERS = sorted(p.parent.relative_to(COMMITTED).as_posix() for p in COMMITTED.g
 # until they are regenerated (the full-size study, docs/full-study.md).
 LEGACY = {"fashion-mnist/standard-seeds0-2",
           "mnist5k/standard-seeds0-4"}
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith("results.")}
 
 
 def _command(folder: str) -> list[str]:
@@ -45,9 +41,7 @@ def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     """A clone's home (zoo, suites and committed reports; no checkpoint, no store) after `rbs
     report` of every committed report (LaTeX too where one is committed); per folder, the output
     of a rebuild that failed."""
-    home = tmp_path_factory.mktemp("clone")
-    for part in ("models", "attacks"):
-        shutil.copytree(REPO_ROOT / part, home / part, ignore=shutil.ignore_patterns("*.pt", "*-seed*.json"))
+    home = repository_clone(tmp_path_factory.mktemp("clone"))
     shutil.copytree(COMMITTED, home / "reports", ignore=shutil.ignore_patterns("results.*"))
     failed = {}
     runner = CliRunner()
@@ -76,7 +70,7 @@ def test_a_committed_report_rebuilds_byte_for_byte_in_a_clone(rebuilt, folder):
         pytest.skip(f"no MNIST IDX files in {SHARED / 'MNIST' / 'raw'} (MNIST-C's picture needs the images)")
     reports, failed = rebuilt
     assert folder not in failed, failed.get(folder)
-    committed, again = _files(COMMITTED / folder), _files(reports / folder)
+    committed, again = report_files(COMMITTED / folder), report_files(reports / folder)
     assert sorted(again) == sorted(committed)
     assert [name for name in committed if again[name] != committed[name]] == []
 
@@ -86,6 +80,6 @@ def test_the_cards_and_the_index_are_those_of_the_committed_reports(rebuilt):
     if not HAVE_MNIST:
         pytest.skip(f"no MNIST IDX files in {SHARED / 'MNIST' / 'raw'}")
     assert set(failed) <= LEGACY
-    names = [n for n in _files(COMMITTED) if n == "index.html" or "/cards/" in n]
-    committed, again = _files(COMMITTED), _files(reports)
+    names = [n for n in report_files(COMMITTED) if n == "index.html" or "/cards/" in n]
+    committed, again = report_files(COMMITTED), report_files(reports)
     assert names and [n for n in names if again.get(n) != committed[n]] == []

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from robustbench_sparse.cli import app
 from robustbench_sparse.results import harness
 from robustbench_sparse.runtime import Paths
-from tests.conftest import make_home
+from tests.conftest import make_home, report_files
 
 runner = CliRunner()
 MODELS = "dense,dropout,kwinner"
@@ -55,10 +55,7 @@ def _rbs(home: Paths, *args: str) -> str:
 
 
 def _snapshot(home: Paths) -> dict[str, bytes]:
-    """Every file under reports/ but the result store and its readable copy (not committed)."""
-    root = home.home / "reports"
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith("results.")}
+    return report_files(home.home / "reports")
 
 
 def _checkout(built: Paths, folder: Path) -> Paths:
@@ -102,6 +99,27 @@ def test_a_report_rebuilds_byte_for_byte_without_checkpoints_or_store(built, tmp
     rebuilt = _snapshot(clone)
     assert sorted(rebuilt) == sorted(committed)
     assert [name for name in committed if rebuilt[name] != committed[name]] == []
+
+
+def test_with_the_checkpoints_and_no_store_a_report_rebuilds_from_its_records(built, tmp_path):
+    """A clone whose checkpoints are those the records name (retrained bit for bit, or copied) and
+    that has evaluated nothing: `rbs report` rebuilds from the records beside the report; once
+    this home has evaluated the run, from its own store, with the same tables."""
+    committed = _snapshot(built)
+    clone = _checkout(built, tmp_path / "clone")
+    shutil.copytree(built.checkpoints("mnist5k"), clone.checkpoints("mnist5k"))
+    said = _rbs(clone, "report", "--suite", "rebuild")
+    assert "rebuilding from" in said and "records.json" in said
+    _rbs(clone, "report", "--suite", "rebuild", "--format", "latex")
+    rebuilt = _snapshot(clone)
+    assert [name for name in committed if rebuilt.get(name) != committed[name]] == []
+
+    for command in ("evaluate", "transfer"):
+        _rbs(clone, command, "--suite", "rebuild", "--models", MODELS, "--device", "cpu")
+    said = _rbs(clone, "report", "--suite", "rebuild", "--models", MODELS)
+    assert "rebuilding from" not in said
+    tables = sorted(n for n in committed if "/tables/" in n)
+    assert tables and [n for n in tables if _snapshot(clone)[n] != committed[n]] == []
 
 
 def test_reporting_again_from_the_same_numbers_changes_no_file(built):
