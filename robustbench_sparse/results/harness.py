@@ -351,7 +351,9 @@ def plan(*args: Any, **given: Any) -> Plan:
 
 def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Plan:
     """The plan a report is built on (a `RunRequest` or its fields). With every model of the run
-    trained here: `plan`, its numbers read from the store. Otherwise the run's export beside its
+    trained here: `plan`, its numbers read from the store (unless they are the checkpoints the
+    export beside the report records and the store holds none of the run's cells: then, as in a
+    clone, from the export, `_recorded_only`). Otherwise the run's export beside its
     report (records.json, transfer.json) gives the checkpoint hashes, the test set's size and
     fingerprint and the numbers: a committed report rebuilds in a clone that has neither the
     checkpoints nor the store. Without such an export, the checkpoints not here are those the
