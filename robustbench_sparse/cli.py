@@ -17,7 +17,7 @@ from robustbench_sparse.data.datasets import DATASETS
 from robustbench_sparse.execution.registry import EXECUTORS
 from robustbench_sparse.perturb.backends import BACKENDS
 from robustbench_sparse.results.request import DEFAULT_DATASET, RunRequest
-from robustbench_sparse.runtime import DEVICES, BudgetViolation, Paths, UserError, resolve_device
+from robustbench_sparse.runtime import DEVICES, BudgetViolation, Paths, UserError
 
 app = typer.Typer(
     help="robustbench-sparse: do sparse networks really resist noise and adversarial attacks?",
@@ -205,28 +205,27 @@ def zoo(home: HomeOpt = None) -> None:
 
 @app.command()
 @_user_errors
-@run_command(omit=("suite", "backend"))
+@run_command(omit=("backend",))
 def train(
     request: RunRequest,
     force: Annotated[bool, typer.Option(help="Retrain even when an up-to-date checkpoint exists.")] = False,
 ) -> None:
-    """Train every zoo model for a dataset once and cache it under models/ (skips up-to-date ones)."""
+    """Train the zoo's models for a dataset once and cache them under models/ (skips up-to-date
+    ones): those of --models, else the suite's (on the seeds it runs them on), else the default set."""
     import pandas as pd
 
     from robustbench_sparse.data.datasets import default_data_root, load_dataset
     from robustbench_sparse.execution.zoo_training import train_zoo
-    from robustbench_sparse.zoo.spec import load_zoo, select_models
+    from robustbench_sparse.results.harness import prepare
 
     request = request.resolved()
-    paths = Paths(request.home) if request.home else Paths.default()
-    models = None if request.models is None else list(request.models)
-    specs = select_models(load_zoo(paths.zoo_spec), request.dataset, models)
-    dev = resolve_device(request.device)
+    setup = prepare(request)
+    _print_notes(setup.notes)
     with request.open_executor() as runner:
         outcomes = train_zoo(
-            paths, specs, request.dataset,
-            lambda: load_dataset(request.dataset, request.data_root or default_data_root(), request.download),
-            list(request.seeds), dev, force, runner,
+            setup.paths, setup.specs, setup.info.name,
+            lambda: load_dataset(setup.info.name, request.data_root or default_data_root(), request.download),
+            setup.seeds, setup.device, force, runner, setup.runs,
         )
     rows = [
         {
@@ -246,7 +245,7 @@ def train(
     _print_table(table)
     if all(o.action == "cached" for o in outcomes):
         typer.echo("\nnothing to train: every checkpoint is up to date (use --force to retrain)")
-    typer.echo(f"\ncheckpoints: {paths.checkpoints(request.dataset)}")
+    typer.echo(f"\ncheckpoints: {setup.paths.checkpoints(setup.info.name)}")
 
 
 def _print_notes(notes: tuple[str, ...]) -> None:

@@ -50,7 +50,7 @@ def train_missing(
     with open_executor(executor) as runner:
         return train_zoo(setup.paths, setup.specs, setup.info.name,
                          lambda: load_dataset(setup.info.name, root, download), setup.seeds, setup.device, force,
-                         runner)
+                         runner, setup.runs)
 
 
 def _train_and_evaluate(

@@ -35,3 +35,16 @@ def test_train_then_zoo_shows_trained_and_second_run_trains_nothing(tiny_home):
     assert listing.exit_code == 0
     dense_row = next(line for line in listing.output.splitlines() if line.startswith("| dense "))
     assert "mnist5k: trained" in dense_row and "mnist: missing" in dense_row
+
+
+def test_train_with_a_suite_trains_its_models_on_the_seeds_it_runs_them_on(tiny_home):
+    (tiny_home.suites / "fewer.toml").write_text(
+        'models = ["dense", "dropout"]\nseeds_below = { dropout = 1 }\n[[evaluations]]\nkind = "pixel"\neta = [0.1]\n')
+    args = ["train", "--home", str(tiny_home.home), "--suite", "fewer", "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "note: dropout run on training seeds below 1 only" in result.output
+    assert "| dense " in result.output and "dropout" not in result.output.split("note:")[1].split("\n", 1)[1]
+    assert not list(tiny_home.checkpoints("mnist5k").glob("dropout-*"))
+    refused = runner.invoke(app, [*args, "--seeds", "1", "--models", "dropout"])
+    assert refused.exit_code == 2 and "runs none of dropout on seeds 1" in refused.output

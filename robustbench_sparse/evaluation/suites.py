@@ -102,6 +102,12 @@ class Suite:
     source: str
     transfer: TransferPlan = TransferPlan((), None, ())
     models: tuple[str, ...] = ()  # the models it runs when none are named (default: the zoo's default set)
+    # (model, N): models run on fewer training seeds, only on those below N (`seeds_below`)
+    seeds_below: tuple[tuple[str, int], ...] = ()
+
+    def runs_on(self, model: str, seed: int) -> bool:
+        """Whether the suite runs `model` on training seed `seed` (`seeds_below` may limit a model's seeds)."""
+        return seed < dict(self.seeds_below).get(model, seed + 1)
 
     def transfer_cells(self) -> list[tuple[Evaluation, float]]:
         """(attack evaluation, strength) pairs that `rbs transfer` crafts and moves between models,
@@ -142,7 +148,8 @@ def suite_path(paths: Paths, name: str) -> Path:
     )
 
 
-_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "prune", "evaluations", "transfer", "models"}
+_TOP_KEYS = {"description", "test_size", "seed", "batch_size", "prune", "evaluations", "transfer", "models",
+             "seeds_below"}
 
 
 def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Suite:
@@ -191,8 +198,12 @@ def parse_suite(text: str, name: str, info: DatasetInfo, source: str = "") -> Su
     models = doc.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
         raise UserError(f'{where}: models must be a list of zoo model names, e.g. models = ["dense", "kwinner"]')
+    below = doc.get("seeds_below", {})
+    if not isinstance(below, dict) or not all(_positive_int(n) for n in below.values()):
+        raise UserError(f"{where}: seeds_below must be a table of model names and integers >= 1, e.g. "
+                        "seeds_below = {dropout = 5} (dropout runs on training seeds 0-4 only)")
     return Suite(name, doc.get("description", ""), test_size, seed, batch_size, tuple(evaluations), source, transfer,
-                 tuple(models))
+                 tuple(models), tuple(sorted(below.items())))
 
 
 def _test_size(raw: Any, info: DatasetInfo, where: str) -> int | None:

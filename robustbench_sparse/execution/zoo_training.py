@@ -25,15 +25,19 @@ def train_zoo(
     device: torch.device,
     force: bool = False,
     executor: Any = None,
+    runs: Callable[[ModelSpec, int], bool] | None = None,
 ) -> list[TrainOutcome]:
     """Train every (spec, seed) that has no up-to-date checkpoint (all of them with `force`), on
     `executor` (an executor, or a registered name; default: this process). Checkpoints are written here, by the caller's process.
+    `runs`: which (spec, seed) pairs are wanted (default: all; a suite may run a model on fewer seeds).
 
     `load_data` is called at most once, and only if something needs training."""
     outcomes: dict[tuple[str, int], TrainOutcome] = {}
     todo, statuses = [], {}
     for seed in seeds:
         for spec in specs:
+            if runs is not None and not runs(spec, seed):
+                continue
             status = checkpoint_status(paths, spec, dataset, seed)
             if status == "trained" and not force:
                 manifest = read_manifest(paths, dataset, spec.name, seed)
@@ -59,4 +63,4 @@ def train_zoo(
                 outcomes[(spec.name, seed)] = TrainOutcome(spec.name, seed, action, manifest)
                 bar.update()
         bar.close()
-    return [outcomes[(spec.name, seed)] for seed in seeds for spec in specs]
+    return [outcomes[(spec.name, seed)] for seed in seeds for spec in specs if (spec.name, seed) in outcomes]

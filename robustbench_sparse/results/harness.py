@@ -92,6 +92,10 @@ class Setup:
     external: dict[tuple[str, int], tuple[str, bytes]] = field(default_factory=dict)
     label: str = ""  # appended to the run's name: a run with a model of one's own is kept apart
 
+    def runs(self, spec: ModelSpec, seed: int) -> bool:
+        """Whether the run has `spec` on training seed `seed` (a suite may run a model on fewer seeds)."""
+        return self.suite.runs_on(spec.name, seed)
+
     @property
     def run_name(self) -> str:
         """The run's identity in reports/<dataset>/: the suite, the backend when it differs, and
@@ -128,6 +132,24 @@ def _restrict_ensemble(suite: Suite, names: list[str]) -> tuple[Suite, list[str]
         note = f"transfer ensemble dropped: fewer than two of its members ({', '.join(members)}) are selected"
         kept = ()
     return replace(suite, transfer=TransferPlan(suite.transfer.evaluations, suite.transfer.strengths, kept)), [note]
+
+
+def _seeds_below(suite: Suite, specs: list[ModelSpec], seeds: list[int]) -> tuple[list[ModelSpec], list[str]]:
+    """The models the suite runs on at least one of the seeds, and a note for each limit that
+    leaves out some of the seeds (`seeds_below`); a UserError when no model is left."""
+    notes = []
+    for limit in sorted({n for _, n in suite.seeds_below}):
+        names = [s.name for s in specs if dict(suite.seeds_below).get(s.name) == limit]
+        left_out = [n for n in seeds if n >= limit]
+        if names and left_out:
+            notes.append(f"{', '.join(names)} run on training seeds below {limit} only (the suite's seeds_below): "
+                         f"not on seed{'s' * (len(left_out) > 1)} {', '.join(map(str, left_out))}")
+    kept = [s for s in specs if any(suite.runs_on(s.name, n) for n in seeds)]
+    if not kept:
+        raise UserError(f"suite {suite.name!r} runs none of {', '.join(s.name for s in specs)} on seeds "
+                        f"{', '.join(map(str, seeds))} (its seeds_below: "
+                        f"{', '.join(f'{m} = {n}' for m, n in suite.seeds_below)})")
+    return kept, notes
 
 
 def _suites(request: RunRequest) -> tuple[Paths, DatasetInfo, Suite, Suite]:
@@ -170,8 +192,14 @@ def prepare(*args: Any, **given: Any) -> Setup:
     seeds = list(seeds)
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(f"seeds must be distinct non-negative integers, got {seeds}")
+    unknown = [m for m, _ in own.seeds_below if m not in declared]
+    if unknown:
+        raise UserError(f"suite {own.name!r}: seeds_below names {', '.join(unknown)}, not zoo models for {dataset}; "
+                        f"valid: {', '.join(declared)}")
+    specs, fewer = _seeds_below(the_suite, specs, seeds)
     dev = resolve_device(device)
     the_suite, notes = _restrict_ensemble(the_suite, [s.name for s in specs])
+    notes = fewer + notes
     run_backend = backend if backend is not None and the_suite.evaluations != own.evaluations else None
     return Setup(paths, info, the_suite, specs, seeds, dev, run_backend, tuple(notes))
 
@@ -316,6 +344,8 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
     dataset = setup.info.name
     for seed in setup.seeds:
         for spec in setup.specs:
+            if not setup.runs(spec, seed):
+                continue
             if spec.family == EXTERNAL:
                 if (spec.name, seed) in setup.external:
                     checkpoints[(spec.name, seed)] = setup.external[(spec.name, seed)][0]
@@ -337,7 +367,7 @@ def plan_from(setup: Setup, data_root: Path | str | None = None, download: bool 
 
 def _train_first(setup: Setup, seed: int) -> str:
     # name the models: `rbs train` alone trains only those selected by default
-    zoo = [s.name for s in setup.specs if s.family != EXTERNAL]
+    zoo = [s.name for s in setup.specs if s.family != EXTERNAL and setup.runs(s, seed)]
     suite = "" if setup.suite.name == "standard" else f" --suite {setup.suite.name}"
     return (f"`rbs train --dataset {setup.info.name} --models {','.join(zoo)} --seeds {seed}` first "
             f"(or `rbs benchmark{suite}`)")
@@ -367,8 +397,8 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
                           seeds=recorded.seeds if seeds_as_recorded else request.seeds)
     setup = prepare(request)
     dataset = setup.info.name
-    absent = [(spec, seed, status) for seed in setup.seeds for spec in setup.specs if spec.family != EXTERNAL
-              for status in [checkpoint_status(setup.paths, spec, dataset, seed)] if status != "trained"]
+    absent = [(spec, seed, status) for seed in setup.seeds for spec in setup.specs
+              if spec.family != EXTERNAL and setup.runs(spec, seed) for status in [checkpoint_status(setup.paths, spec, dataset, seed)] if status != "trained"]
     if not absent:
         here = plan_from(setup, request.data_root, request.download)
         if recorded is None or not _recorded_only(here, recorded):
@@ -386,7 +416,7 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
                         + (other_seeds(setup) if seeds_as_recorded else ""))
     checkpoints = recorded.records.checkpoints
     lacking = [(s, n) for n in setup.seeds for s in setup.specs
-               if s.family != EXTERNAL and (s.name, n) not in checkpoints]
+               if s.family != EXTERNAL and setup.runs(s, n) and (s.name, n) not in checkpoints]
     if lacking:
         name, n = lacking[0][0].name, lacking[0][1]
         raise UserError(f"{spec.name} (seed {seed}) on {dataset} is {status} here, and {recorded.records.path} does "
@@ -399,7 +429,7 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
                         f"was written; run {_train_first(setup, seed)}, then `rbs evaluate`")
     data = _recorded_data(setup, meta, request.data_root, request.download)
     made = Plan(setup, data, {(s.name, n): checkpoints[(s.name, n)] for n in setup.seeds for s in setup.specs
-                              if s.family != EXTERNAL}, recorded)
+                              if s.family != EXTERNAL and setup.runs(s, n)}, recorded)
     if len(data.test_x) and test_fingerprint(data.test_x[: made.n], data.test_y[: made.n]) != made.fingerprint:
         raise UserError(f"the {dataset} test images here are not those {recorded.records.path} was computed on "
                         "(another split or data file): its report cannot be rebuilt from it here")

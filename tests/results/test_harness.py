@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from robustbench_sparse.runtime import Paths, UserError, eval_mode
 from robustbench_sparse.training.train import predict
 from robustbench_sparse.zoo.checkpoints import load_checkpoint
 from robustbench_sparse.zoo.spec import load_zoo, select_models
+from tests.conftest import make_home
 
 CPU = torch.device("cpu")
 
@@ -266,3 +268,49 @@ def test_the_suite_file_recorded_with_results_holds_no_path_of_this_machine(tmp_
     plan = lambda source: SimpleNamespace(suite=SimpleNamespace(source=str(source)), paths=Paths(home))  # noqa: E731
     assert harness.suite_file(plan(inside)) == "attacks/quick.toml"
     assert harness.suite_file(plan(outside)) == "mine.toml"
+
+
+FEWER_SEEDS = """
+test_size = 60
+models = ["dense", "dropout"]
+seeds_below = { dropout = 1 }
+[[evaluations]]
+kind = "pixel"
+eta = [0.0, 0.3]
+"""
+
+
+def test_a_model_the_suite_runs_on_fewer_seeds_is_neither_trained_nor_evaluated_on_the_others(
+        trained_home, tmp_path, small_mnist):
+    """`seeds_below = {dropout = 1}`: over seeds 0 and 1, dropout runs on seed 0 only (trained,
+    evaluated, reported), dense on both, and the run says so; a seed on which no model runs is refused."""
+    from robustbench_sparse.pipeline import train_missing
+
+    home = make_home(tmp_path / "home")
+    shutil.copytree(trained_home.checkpoints("mnist5k"), home.checkpoints("mnist5k"))
+    (home.suites / "fewer.toml").write_text(FEWER_SEEDS)
+    setup = harness.prepare("mnist5k", "fewer", seeds=(0, 1), device="cpu", home=home.home)
+    assert [s.name for s in setup.specs] == ["dense", "dropout"]
+    assert setup.notes == ("dropout run on training seeds below 1 only (the suite's seeds_below): not on seed 1",)
+    with pytest.raises(UserError, match=r"rbs train --dataset mnist5k --models dense --seeds 1"):
+        harness.plan_from(setup)  # the command to train names dense only
+    trained = {(o.model, o.seed): o.action for o in train_missing(setup)}
+    assert trained == {("dense", 0): "cached", ("dropout", 0): "cached", ("dense", 1): "trained"}
+    frame = harness.evaluate("mnist5k", "fewer", seeds=(0, 1), device="cpu", home=home.home)
+    assert frame.groupby("model")["seed"].unique().map(sorted).to_dict() == {"dense": [0, 1], "dropout": [0]}
+    assert set(harness.plan("mnist5k", "fewer", seeds=(0, 1), device="cpu", home=home.home).checkpoints) == {
+        ("dense", 0), ("dense", 1), ("dropout", 0)}
+    with pytest.raises(UserError, match=r"runs none of dropout on seeds 1 \(its seeds_below: dropout = 1\)"):
+        harness.prepare("mnist5k", "fewer", models=("dropout",), seeds=(1,), home=home.home)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('seeds_below = { dropout = 0 }', "seeds_below must be a table of model names and integers >= 1"),
+    ('seeds_below = 5', "seeds_below must be a table of model names and integers >= 1"),
+    ('seeds_below = { dropoutt = 5 }', "seeds_below names dropoutt, not zoo models for mnist5k; valid: dense"),
+])
+def test_a_bad_seeds_below_is_refused_before_any_work(tiny_home, line, message, monkeypatch):
+    (tiny_home.suites / "bad.toml").write_text(f'{line}\n[[evaluations]]\nkind = "pixel"\neta = [0.1]\n')
+    monkeypatch.setattr(harness, "load_dataset", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(UserError, match=message):
+        harness.plan("mnist5k", "bad", device="cpu", home=tiny_home.home)
