@@ -298,8 +298,15 @@ def test_a_model_the_suite_runs_on_fewer_seeds_is_neither_trained_nor_evaluated_
     assert trained == {("dense", 0): "cached", ("dropout", 0): "cached", ("dense", 1): "trained"}
     frame = harness.evaluate("mnist5k", "fewer", seeds=(0, 1), device="cpu", home=home.home)
     assert frame.groupby("model")["seed"].unique().map(sorted).to_dict() == {"dense": [0, 1], "dropout": [0]}
-    assert set(harness.plan("mnist5k", "fewer", seeds=(0, 1), device="cpu", home=home.home).checkpoints) == {
-        ("dense", 0), ("dense", 1), ("dropout", 0)}
+    plan = harness.plan("mnist5k", "fewer", seeds=(0, 1), device="cpu", home=home.home)
+    assert set(plan.checkpoints) == {("dense", 0), ("dense", 1), ("dropout", 0)}
+    from robustbench_sparse.report import build_report
+
+    report = build_report(plan, formats=("markdown",))
+    assert "dropout run on training seeds below 1 only" in (report.folder / "report.md").read_text()
+    cards = home.reports("mnist5k") / "cards"
+    assert json.loads((cards / "dropout.json").read_text())["runs"]["fewer"]["seeds"] == [0]
+    assert json.loads((cards / "dense.json").read_text())["runs"]["fewer"]["seeds"] == [0, 1]
     with pytest.raises(UserError, match=r"runs none of dropout on seeds 1 \(its seeds_below: dropout = 1\)"):
         harness.prepare("mnist5k", "fewer", models=("dropout",), seeds=(1,), home=home.home)
 
