@@ -25,8 +25,7 @@ COMMITTED = REPO_ROOT / "reports"
 FOLDERS = sorted(p.parent.relative_to(COMMITTED).as_posix() for p in COMMITTED.glob("*/*/records.json"))
 # Exported before records carried per-image results: they rebuild only where their checkpoints are,
 # until they are regenerated (the full-size study, docs/full-study.md).
-LEGACY = {"fashion-mnist/standard-seeds0-2",
-          "mnist5k/standard-seeds0-4"}
+LEGACY = {"fashion-mnist/standard-seeds0-2"}
 
 
 def _command(folder: str) -> list[str]:
