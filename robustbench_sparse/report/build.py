@@ -21,6 +21,7 @@ from robustbench_sparse.results.reference import guard
 from robustbench_sparse.runtime import UserError, atomic_write_text
 
 FORMATS = ("markdown", "html", "latex")
+FILES = {"markdown": "report.md", "html": "report.html", "latex": "report.tex"}
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Report:
 
 def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "html"), replace: bool = False) -> Report:
     """Write the report under reports/<dataset>/<run>/ (report.md and report.html, or report.tex
-    with `formats=("latex",)`), tables/*.csv, figures/*, its records export (records.json/csv, and
+    with `formats=("latex",)`, and every other format already there), tables/*.csv, figures/*, its records export (records.json/csv, and
     transfer.json/csv with transfer cells), each model's card under reports/<dataset>/cards/, and
     reports/index.html. Built twice from the same numbers, every file is the same, byte for byte:
     dates and versions are those the records export holds, not the clock's."""
@@ -63,25 +64,28 @@ def build_report(plan: harness.Plan, formats: tuple[str, ...] = ("markdown", "ht
                         "checkpoints are (`rbs train`, `rbs evaluate`, `rbs report`), or `rbs import` the "
                         "results.jsonl of the machine that computed it") from err
     folder = plan.folder
-    for section in page.sections:
-        for table in section.tables:
-            if not table.csv.empty:
-                atomic_write_text(folder / "tables" / f"{table.name}.csv", table.csv.to_csv(index=False))
-    written: dict[str, Path] = {}
-    if "markdown" in formats:
-        written["markdown"] = folder / "report.md"
-        atomic_write_text(written["markdown"], render.markdown(page, folder))
-    if "html" in formats:
-        written["html"] = folder / "report.html"
-        atomic_write_text(written["html"], render.html(page))
-    if "latex" in formats:
-        written["latex"] = folder / "report.tex"
-        atomic_write_text(written["latex"], render.latex(page, folder))
+    # A format already beside the report renders the same folder: it is written again too, and a
+    # table or figure this build does not make is removed, so that no file there describes numbers
+    # the folder no longer holds (a report.tex left from the report that --replace replaced).
+    formats = tuple(f for f in FORMATS if f in formats or (folder / FILES[f]).is_file())
+    tables = {folder / "tables" / f"{table.name}.csv": table.csv
+              for section in page.sections for table in section.tables if not table.csv.empty}
+    for path, frame in tables.items():
+        atomic_write_text(path, frame.to_csv(index=False))
+    figures = [f for s in page.sections for f in s.figures]
+    made = {p.name for p in [*tables, *figures]}
+    for stale in [*(folder / "tables").glob("*.csv"), *(folder / "figures").glob("*")]:
+        if stale.is_file() and stale.name not in made:
+            stale.unlink()
+    renderers = {"markdown": lambda: render.markdown(page, folder), "html": lambda: render.html(page),
+                 "latex": lambda: render.latex(page, folder)}
+    written = {f: folder / FILES[f] for f in formats}
+    for f, path in written.items():
+        atomic_write_text(path, renderers[f]())
     frames = {"records": data.white, "transfer": data.moves}
     for stem, doc in data.exports.items():  # the records beside the report change with it, and only with it
         harness.write_export(doc, frames[stem], plan, stem)
     write_cards(plan, data.white, data.everything, data.checks, data.tests, data.meta, data.date)
     build_index(plan.paths)
-    figures = [f for s in page.sections for f in s.figures]
     return Report(folder, written.get("markdown", folder / "report.md"), written.get("html", folder / "report.html"),
                   figures, data.missing, written.get("latex"))

@@ -253,6 +253,25 @@ def test_cards_validate_against_the_schema_and_the_index_lists_every_run(home):
     assert "mnist5k/moves/report.html" in index and "mnist5k/moves-ens/report.html" in index
 
 
+def test_a_rebuild_leaves_no_file_of_the_report_it_replaced(home):
+    plan = harness.plan("mnist5k", "moves", device="cpu", home=home.home)
+    harness.run(plan)
+    folder = build_report(plan).folder
+    fresh = {name: (folder / name).read_bytes() for name in ("report.md", "report.html")}
+    (folder / "report.tex").write_text("\\section{numbers of other weights}")
+    (folder / "tables" / "a_table_no_longer_made.csv").write_text("x\n1\n")
+    (folder / "figures" / "a_plot_no_longer_made.svg").write_text("<svg/>")
+    (folder / "report.log").write_text("pdflatex's, not the report's")
+    report = build_report(plan)
+    assert report.latex == folder / "report.tex" and "\\toprule" in report.latex.read_text()
+    assert "other weights" not in report.latex.read_text()
+    assert not (folder / "tables" / "a_table_no_longer_made.csv").exists()
+    assert not (folder / "figures" / "a_plot_no_longer_made.svg").exists()
+    assert (folder / "report.log").exists() and {p.name for p in report.figures} <= set(os.listdir(folder / "figures"))
+    assert {name: (folder / name).read_bytes() for name in fresh} == fresh
+    assert build_report(plan, formats=("latex",)).markdown.read_bytes() == fresh["report.md"]
+
+
 PDFLATEX = shutil.which("pdflatex")
 
 
