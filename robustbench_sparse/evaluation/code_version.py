@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -70,6 +71,22 @@ class _Normalise(ast.NodeTransformer):
         return None
 
 
+# Fields that later Pythons added to nodes this code already had (3.12: PEP 695's type parameters
+# on functions and classes); empty in code that does not use them. `_dump` leaves them out and asks
+# 3.13+ to print empty fields as 3.11 and 3.12 do, so one source has one key on every Python:
+# ast.dump's text is version-specific (a plain dump gave three keys for one tree on 3.11-3.13).
+_LATER_FIELDS = ("type_params",)
+_DUMP_OPTIONS = {"show_empty": True} if sys.version_info >= (3, 13) else {}
+
+
+def _dump(node: ast.AST) -> str:
+    for part in ast.walk(node):
+        for field in _LATER_FIELDS:
+            if not getattr(part, field, None) and field in part._fields:
+                delattr(part, field)
+    return ast.dump(node, annotate_fields=False, **_DUMP_OPTIONS)
+
+
 def _definitions(source: str) -> list[tuple[str, str]]:
     """(name, normalised dump) of each top-level statement of a module."""
     tree = _Normalise().visit(ast.parse(source))
@@ -82,7 +99,7 @@ def _definitions(source: str) -> list[tuple[str, str]]:
         if name is None:
             targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
             name = ",".join(ast.unparse(t) for t in targets if t is not None)
-        out.append((name, ast.dump(node, annotate_fields=False)))
+        out.append((name, _dump(node)))
     return out
 
 

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from robustbench_sparse.evaluation import code_version as cv
 
 SOURCE = '''"""A module."""
@@ -67,3 +75,37 @@ def test_the_real_attack_code_keeps_its_key_under_a_comment_and_changes_with_its
     assert _key(*commented.values()) == base
     loosened = {**sources, where: sources[where].replace("BOUND_TOLERANCE = 1e-6", "BOUND_TOLERANCE = 1e-5")}
     assert _key(*loosened.values()) != base
+
+
+_OTHER_PYTHON = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("cv", sys.argv[1])
+cv = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cv)
+print(cv.code_digest([sys.argv[2]]), cv.code_version())
+"""
+
+
+def _other_pythons() -> list[str]:
+    """One interpreter per other Python 3 minor version found here (on PATH or under pyenv)."""
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(11, 16)]
+    candidates += map(str, sorted(Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob("versions/3.*/bin/python3")))
+    found: dict[str, str] = {}
+    for python in filter(None, candidates):
+        ran = subprocess.run([python, "-c", "import sys; print(sys.version_info[1])"], capture_output=True, text=True)
+        if ran.returncode == 0 and 11 <= int(ran.stdout) != sys.version_info.minor:
+            found.setdefault(ran.stdout.strip(), python)
+    return sorted(found.values())
+
+
+def test_one_source_has_one_key_on_every_python():
+    """ast.dump's text differs between Python versions (3.12 added type_params to functions): the
+    key of our code may not, or a record made on 3.12 would never match one made on 3.11."""
+    pythons = _other_pythons()
+    if not pythons:
+        pytest.skip("no other Python 3 minor version on this machine")
+    ours = (cv.code_digest([SOURCE]), cv.code_version())
+    for python in pythons:
+        out = subprocess.run([python, "-c", _OTHER_PYTHON, str(Path(cv.__file__)), SOURCE], capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert tuple(out) == ours, python
