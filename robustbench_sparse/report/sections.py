@@ -36,9 +36,11 @@ SEEDS_NOTE = "; with several training seeds: mean ± std over seeds"
 MARK_NOTE = " A * marks a number significantly different from {ref}'s (Holm-corrected, α = 0.05; see the last table)."
 
 
-def _one_table(id: str, title: str, text: str, frame: pd.DataFrame, data: pd.DataFrame | None = None) -> Section:
+def _one_table(id: str, title: str, text: str, frame: pd.DataFrame, data: pd.DataFrame | None = None,
+               *more: str) -> Section:
+    """A section of one table and the paragraphs before it: `text`, then `more`."""
     tables = (Table(frame, slug(title), data),) if not frame.empty else ()
-    return Section(id, title, (text,), tables)
+    return Section(id, title, (text, *more), tables)
 
 
 def _marks(data: RunData) -> str:
@@ -98,6 +100,7 @@ def paper_table(data: RunData) -> Section | None:
         return f"{int(value):{sign},}"
 
     shown = table.assign(**{
+        "clean vs paper (points)": table["clean vs paper (points)"].map(lambda v: f"{v:+.2f}"),
         "noise score (here)": table["noise score (here)"].map(images),
         "vs Dense CNN-2 (paper)": table["vs Dense CNN-2 (paper)"].map(lambda v: images(v, "+")),
         "vs dense (here)": table["vs dense (here)"].map(lambda v: images(v, "+")),
@@ -109,7 +112,7 @@ def paper_table(data: RunData) -> Section | None:
                       "the last epoch's weights, recipes chosen on the validation split. The differences from Dense "
                       "CNN-2 (`dense`): the paper's, and this run's with Welch's t over the seeds (with one seed, "
                       "Wilcoxon's signed-rank test over the images), Holm-corrected over the models as in the "
-                      "noise-score table.", shown, table)
+                      "noise-score table.", shown, table, paper.clean_gaps(table))
 
 
 def sweep(data: RunData) -> Section | None:

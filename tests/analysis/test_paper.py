@@ -45,6 +45,22 @@ def test_table1_gives_the_papers_numbers_beside_the_runs():
     assert table.loc["dense", "clean % (here)"] == f"{np.mean([99.30, 99.60, 99.10]):.2f} ± " \
                                                    f"{np.std([99.30, 99.60, 99.10], ddof=1):.2f}"
     assert (table["seeds"] == 3).all()
+    clean = np.mean([99.30, 99.60, 99.10])
+    assert table.loc["dense", "clean vs paper (points)"] == pytest.approx(round(clean - 99.31, 2))
+    assert table.loc["kwinner-boost", "clean vs paper (points)"] == pytest.approx(99.10 - 99.09)
+
+
+def test_a_clean_accuracy_far_from_table1s_is_named_and_one_close_is_not():
+    pixel = _run()
+    table = paper.table1(pixel, compare_noise_scores(pixel, "dense"))
+    assert paper.clean_gaps(table) == "Every network's clean accuracy is within 0.5 points of Table 1's."
+    lower = pixel.assign(correct=pixel["correct"].where(
+        ~((pixel["model"] == "kwinner-boost") & (pixel["strength"] == 0)), 9_850))
+    lower["accuracy"] = lower["correct"] / lower["n"]
+    far = paper.table1(lower, compare_noise_scores(lower, "dense"))
+    said = paper.clean_gaps(far)
+    assert "Sparse CNN-2 (-0.59)" in said and "Dense CNN-2" not in said.replace("Sparse CNN-2", "")
+    assert paper.clean_gaps(far, tolerance=0.6).startswith("Every network")
 
 
 @pytest.mark.parametrize(("dataset", "n", "levels"), [("mnist5k", 10_000, 11), ("mnist", 1_000, 11),
