@@ -1,0 +1,54 @@
+"""The committed parts of the studies computed in parts (`reports/<dataset>/parts/`, docs/full-study.md):
+each part is one training seed, every record in it names the checkpoint its manifest lists, and a
+report built from parts holds exactly their records, so `rbs import` of the parts rebuilds it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from robustbench_sparse.runtime import REPO_ROOT
+
+COMMITTED = REPO_ROOT / "reports"
+PARTS = sorted(COMMITTED.glob("*/parts/**/*.jsonl"))
+# reports built from their parts alone: folder -> the parts' name before "-seedN"
+FROM_PARTS = {"mnist/paper-seeds0-9": "paper"}
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _seed(path: Path) -> int:
+    return int(re.search(r"-seed(\d+)$", path.stem).group(1))
+
+
+def test_there_are_parts():
+    assert len(PARTS) >= 10
+
+
+@pytest.mark.parametrize("part", PARTS, ids=lambda p: p.relative_to(COMMITTED).as_posix())
+def test_a_part_is_one_seed_and_its_manifest_lists_every_checkpoint(part):
+    records = _records(part)
+    assert records, part
+    assert {int(r["seed"]) for r in records} == {_seed(part)}
+    manifest = json.loads(part.with_name(f"{part.stem}-checkpoints.json").read_text())
+    sha = {name: entry["sha256"] for name, entry in manifest.items()}
+    named = {f"{r['model']}/seed{int(r['seed'])}": r["checkpoint"] for r in records}
+    assert set(named) == set(sha)
+    assert all(sha[name] == checkpoint for name, checkpoint in named.items())
+    assert {r["dataset"] for r in records} == {part.relative_to(COMMITTED).parts[0]}
+
+
+@pytest.mark.parametrize(("folder", "stem"), sorted(FROM_PARTS.items()))
+def test_a_report_built_from_parts_holds_exactly_their_records(folder, stem):
+    report = json.loads((COMMITTED / folder / "records.json").read_text())["records"]
+    parts = sorted((COMMITTED / folder).parent.glob(f"parts/{stem}-seed*.jsonl"))
+    seeds = {int(r["seed"]) for r in report}
+    assert {_seed(p) for p in parts} == seeds
+    from_parts = [r for p in parts for r in _records(p)]
+    assert len(from_parts) == len(report)
+    assert {(r["key"], int(r["correct"])) for r in from_parts} == {(r["key"], int(r["correct"])) for r in report}
