@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from robustbench_sparse.results.harness import read_export
 from robustbench_sparse.runtime import REPO_ROOT
 
 COMMITTED = REPO_ROOT / "reports"
@@ -36,16 +37,15 @@ def test_a_part_is_one_seed_and_its_manifest_lists_every_checkpoint(part):
     assert records, part
     assert {int(r["seed"]) for r in records} == {_seed(part)}
     manifest = json.loads(part.with_name(f"{part.stem}-checkpoints.json").read_text())
-    sha = {name: entry["sha256"] for name, entry in manifest.items()}
-    named = {f"{r['model']}/seed{int(r['seed'])}": r["checkpoint"] for r in records}
-    assert set(named) == set(sha)
-    assert all(sha[name] == checkpoint for name, checkpoint in named.items())
+    # one checkpoint per (model, seed), the one its manifest lists, and no manifest entry unused
+    named = {(f"{r['model']}/seed{int(r['seed'])}", r["checkpoint"]) for r in records}
+    assert named == {(name, entry["sha256"]) for name, entry in manifest.items()}
     assert {r["dataset"] for r in records} == {part.relative_to(COMMITTED).parts[0]}
 
 
 @pytest.mark.parametrize(("folder", "stem"), sorted(FROM_PARTS.items()))
 def test_a_report_built_from_parts_holds_exactly_their_records(folder, stem):
-    report = json.loads((COMMITTED / folder / "records.json").read_text())["records"]
+    report = read_export(COMMITTED / folder / "records.json").records
     parts = sorted((COMMITTED / folder).parent.glob(f"parts/{stem}-seed*.jsonl"))
     seeds = {int(r["seed"]) for r in report}
     assert {_seed(p) for p in parts} == seeds
