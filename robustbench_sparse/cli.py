@@ -319,10 +319,13 @@ def report(
 
     given = report_seeds is not None
     request = replace(request, device="cpu", seeds=tuple(parse_seeds(report_seeds)) if given else (0,))
-    the_plan = harness.report_plan(request, seeds_as_recorded=not given)
+    the_plan = harness.report_plan(request, seeds_as_recorded=not given, prefer_store=replace_existing)
     _print_notes(the_plan.setup.notes)
     if the_plan.recorded is not None:
         typer.echo(f"no stored result of its checkpoints here: rebuilding from {the_plan.recorded.records.path}")
+        if harness.store_has_others(the_plan):
+            typer.secho("note: the result store holds records of other checkpoints of its models (`rbs import`); "
+                        "`--replace` builds the report from those instead", fg=typer.colors.YELLOW)
     result = build_report(the_plan, formats=("latex",) if format.value == "latex" else ("markdown", "html"),
                           replace=replace_existing)
     if result.missing:

@@ -379,7 +379,7 @@ def plan(*args: Any, **given: Any) -> Plan:
     return plan_from(prepare(request), request.data_root, request.download)
 
 
-def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Plan:
+def report_plan(*args: Any, seeds_as_recorded: bool = False, prefer_store: bool = False, **given: Any) -> Plan:
     """The plan a report is built on (a `RunRequest` or its fields). With every model of the run
     trained here: `plan`, its numbers read from the store (unless they are the checkpoints the
     export beside the report records and the store holds none of the run's cells: then, as in a
@@ -389,7 +389,8 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
     checkpoints nor the store. Without such an export, the checkpoints not here are those the
     store's records (`rbs import`) were computed on (`_stored_plan`). Models not named (and, with
     `seeds_as_recorded`, the seeds) are those the export records, so that `rbs report` rebuilds the
-    report as it is."""
+    report as it is. With `prefer_store` (`rbs report --replace`), checkpoints not here whose records
+    `rbs import` put in the store come before the export: the parts of a study replace its report."""
     request = RunRequest.of(*args, **given).resolved()
     recorded = read_recorded(run_folder(request))
     if recorded is not None:
@@ -406,10 +407,11 @@ def report_plan(*args: Any, seeds_as_recorded: bool = False, **given: Any) -> Pl
         seed = setup.seeds[0]  # the same checkpoints as the export's: rebuilt from it, as in a clone
     else:
         spec, seed, status = absent[0]
-    if recorded is None:
+    if recorded is None or (prefer_store and absent):
         stored = _stored_plan(setup, absent, request.data_root, request.download)
         if stored is not None:
             return stored
+    if recorded is None:
         raise UserError(f"{spec.name} (seed {seed}) on {dataset} is {status}: run {_train_first(setup, seed)} (a "
                         f"report is built without its checkpoints only from the records.json beside it, in "
                         f"{setup.folder}, or from records of them that `rbs import` put in the result store)"
@@ -475,6 +477,16 @@ def _stored_plan(setup: Setup, absent: list[tuple[ModelSpec, int, str]], data_ro
                             f"train it here ({_train_first(setup, seed)}) so that the report is of one")
     return plan_from(setup, data_root, download, {(spec.name, seed): min(stored[(spec.name, seed)])
                                                   for spec, seed, _ in absent})
+
+
+def store_has_others(plan: Plan) -> bool:
+    """Whether the store holds records (`rbs import`) of checkpoints other than those of `plan`, a
+    plan rebuilt from the export beside its report: `rbs report --replace` would build on them."""
+    path = store_path(plan.paths, plan.info.name)
+    if plan.recorded is None or not path.exists():
+        return False
+    stored = ResultStore(path).checkpoints(plan.info.name, environment_id())
+    return any(stored.get(key, {sha}) != {sha} for key, sha in plan.checkpoints.items())
 
 
 def _recorded_data(setup: Setup, meta: dict[str, Any], data_root: Path | str | None, download: bool) -> Dataset:

@@ -16,7 +16,11 @@ from robustbench_sparse.runtime import REPO_ROOT
 COMMITTED = REPO_ROOT / "reports"
 PARTS = sorted(COMMITTED.glob("*/parts/**/*.jsonl"))
 # reports built from their parts alone: folder -> the parts' name before "-seedN"
-FROM_PARTS = {"mnist/paper-seeds0-9": "paper"}
+FROM_PARTS = {
+    "mnist/paper-seeds0-9": "paper",
+    "fashion-mnist/paper-seeds0-2": "paper",
+    "fashion-mnist/standard-seeds0-2": "standard",
+}
 
 
 def _records(path: Path) -> list[dict]:
@@ -45,7 +49,9 @@ def test_a_part_is_one_seed_and_its_manifest_lists_every_checkpoint(part):
 
 @pytest.mark.parametrize(("folder", "stem"), sorted(FROM_PARTS.items()))
 def test_a_report_built_from_parts_holds_exactly_their_records(folder, stem):
-    report = read_export(COMMITTED / folder / "records.json").records
+    # a part holds its seed's transfer cells too; the report keeps them in transfer.json
+    report = [r for name in ("records.json", "transfer.json")
+              if (export := read_export(COMMITTED / folder / name)) is not None for r in export.records]
     parts = sorted((COMMITTED / folder).parent.glob(f"parts/{stem}-seed*.jsonl"))
     seeds = {int(r["seed"]) for r in report}
     assert {_seed(p) for p in parts} == seeds

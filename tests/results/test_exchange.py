@@ -92,6 +92,31 @@ def test_parts_imported_into_one_home_are_the_full_runs_records(study, tmp_path)
     assert again.exit_code == 0 and f"mnist5k: 0 new, {2 * len(a)} already present" in again.output
 
 
+def test_report_replace_builds_on_imported_parts_rather_than_on_the_export_beside_the_report(study, tmp_path):
+    home = make_home(tmp_path / "home")  # no checkpoint: the part's records only
+    assert _import(home, study["a"]).exit_code == 0
+    report = ["report", "--suite", "quick", "--models", PARTS[0], "--home", str(home.home)]
+    first = runner.invoke(app, report)  # no report yet: from the store
+    assert first.exit_code == 0 and "rebuilding from" not in first.output, first.output
+    path = home.reports("mnist5k") / "quick" / "records.json"
+    imported = json.loads(path.read_text())["meta"]["checkpoints"]
+    # the report beside it made from other weights of dense (a study before its parts were recomputed)
+    doc = json.loads(path.read_text())
+    doc["meta"]["checkpoints"]["dense/seed0"] = "0" * 64
+    path.write_text(json.dumps(doc))
+
+    kept = runner.invoke(app, report)
+    assert kept.exit_code == 0 and "rebuilding from" in kept.output, kept.output
+    assert "holds records of other checkpoints" in kept.output and "--replace" in kept.output
+    assert json.loads(path.read_text())["meta"]["checkpoints"]["dense/seed0"] == "0" * 64
+
+    replaced = runner.invoke(app, [*report, "--replace"])
+    assert replaced.exit_code == 0 and "rebuilding from" not in replaced.output, replaced.output
+    assert json.loads(path.read_text())["meta"]["checkpoints"] == imported
+    again = runner.invoke(app, report)  # now the export is the store's: no note
+    assert again.exit_code == 0 and "other checkpoints" not in again.output, again.output
+
+
 def test_a_part_is_the_suites_cells_for_its_models_with_their_checkpoints_manifests(study, trained_home):
     home = Paths(study["root"] / "part0")
     the_plan = harness.plan(suite="quick", models=PARTS[0].split(","), device="cpu", home=home.home)
