@@ -23,9 +23,6 @@ SHARED = Path(os.environ.get("RBS_SHARED_DATA", REPO_ROOT.parent / "shared" / "d
 HAVE_MNIST = all((SHARED / "MNIST" / "raw" / name).is_file() for name in IDX_FILES)
 COMMITTED = REPO_ROOT / "reports"
 FOLDERS = sorted(p.parent.relative_to(COMMITTED).as_posix() for p in COMMITTED.glob("*/*/records.json"))
-# Exported before records carried per-image results: they rebuild only where their checkpoints are,
-# until they are regenerated (the full-size study, docs/full-study.md).
-LEGACY = {"fashion-mnist/standard-seeds0-2"}
 
 
 def _command(folder: str) -> list[str]:
@@ -61,9 +58,7 @@ def test_every_dataset_has_committed_reports():
     assert {f.split("/")[0] for f in FOLDERS} >= {"mnist", "mnist5k", "fashion-mnist"}
 
 
-@pytest.mark.parametrize("folder", [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason="records without per-image results"))
-    if f in LEGACY else f for f in FOLDERS])
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_a_committed_report_rebuilds_byte_for_byte_in_a_clone(rebuilt, folder):
     if folder.startswith("mnist/") and not HAVE_MNIST:
         pytest.skip(f"no MNIST IDX files in {SHARED / 'MNIST' / 'raw'} (MNIST-C's picture needs the images)")
@@ -78,7 +73,7 @@ def test_the_cards_and_the_index_are_those_of_the_committed_reports(rebuilt):
     reports, failed = rebuilt
     if not HAVE_MNIST:
         pytest.skip(f"no MNIST IDX files in {SHARED / 'MNIST' / 'raw'}")
-    assert set(failed) <= LEGACY
+    assert failed == {}
     names = [n for n in report_files(COMMITTED) if n == "index.html" or "/cards/" in n]
     committed, again = report_files(COMMITTED), report_files(reports)
     assert names and [n for n in names if again.get(n) != committed[n]] == []
